@@ -1,0 +1,51 @@
+# The README's two commands: `make stream` and `make test`. Everything else is a building block.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export PYSPARK_PYTHON := $(abspath $(PY))
+export PYSPARK_DRIVER_PYTHON := $(abspath $(PY))
+
+.PHONY: install up down status stream traffic test test-unit lint format clean-state
+
+install: $(VENV)/.installed  ## create the venv and install the project, its dev extras and redis-server
+
+$(VENV)/.installed: pyproject.toml
+	@command -v redis-server >/dev/null || { echo "installing redis-server (apt)"; apt-get install -y -q redis-server >/dev/null; }
+	@command -v java >/dev/null || { echo "installing Java 17 (apt)"; apt-get install -y -q openjdk-17-jre-headless >/dev/null; }
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+up: install  ## start the local stack (event log, online Redis, S3, MLflow) and create the topics
+	$(PY) -m lakehouse.stack up
+
+down:  ## stop the local stack
+	$(PY) -m lakehouse.stack down
+
+status:  ## health of every service and the size of every topic
+	$(PY) -m lakehouse.stack status
+
+stream: up  ## synthetic traffic + the streaming pipeline, until Ctrl-C
+	$(PY) -m lakehouse.pipeline
+
+traffic: up  ## only the synthetic traffic, until Ctrl-C
+	$(PY) -m lakehouse.traffic generate --with-market
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+test: install lint  ## the whole suite against the real services (the test profile's own stack)
+	LAKEHOUSE_PROFILE=test $(PY) -m pytest -ra --durations=15 $(PYTEST_ARGS)
+
+test-unit: install  ## only the fast tests that need no service
+	LAKEHOUSE_PROFILE=test $(PY) -m pytest -ra -m "not stack" $(PYTEST_ARGS)
+
+clean-state: down  ## delete all local data (tables, checkpoints, event log, MLflow artifacts)
+	rm -rf .state

@@ -1,0 +1,163 @@
+"""One typed settings object, loaded from ``conf/<profile>.yaml`` with environment overrides.
+
+The profile is chosen by ``LAKEHOUSE_PROFILE`` (default ``local``); ``LAKEHOUSE_CONF`` may point at any
+YAML file instead. Every value can be overridden by an environment variable named
+``LAKEHOUSE__<SECTION>__<KEY>`` (e.g. ``LAKEHOUSE__EVENTLOG__BACKEND=kafka``).
+Relative paths are resolved against the project root.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from lakehouse import PROJECT_ROOT
+
+
+class TopicSettings(BaseModel):
+    name: str
+    partitions: int = Field(default=4, ge=1)
+
+
+class TopicsSettings(BaseModel):
+    transactions: TopicSettings = TopicSettings(name="transactions")
+    labels: TopicSettings = TopicSettings(name="labels", partitions=2)
+    market_ticks: TopicSettings = TopicSettings(name="market-ticks", partitions=2)
+    fraud_alerts: TopicSettings = TopicSettings(name="fraud-alerts", partitions=2)
+    fraud_review: TopicSettings = TopicSettings(name="fraud-review", partitions=2)
+    risk_alerts: TopicSettings = TopicSettings(name="risk-alerts", partitions=1)
+
+    def all(self) -> list[TopicSettings]:
+        return [getattr(self, name) for name in type(self).model_fields]
+
+
+class EventLogSettings(BaseModel):
+    backend: Literal["redis", "kafka"] = "redis"
+    redis_url: str = "redis://127.0.0.1:6391/0"
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    max_event_bytes: int = Field(default=65536, ge=1024)
+    # the embedded Redis Streams broker started by `make up` (ignored for kafka)
+    embedded: bool = True
+    appendfsync: Literal["always", "everysec", "no"] = "everysec"
+    topics: TopicsSettings = TopicsSettings()
+
+
+class OnlineStoreSettings(BaseModel):
+    url: str = "redis://127.0.0.1:6379/0"
+    key_prefix: str = "fl"
+
+
+class S3Settings(BaseModel):
+    endpoint_url: str = "http://127.0.0.1:8333"
+    access_key: str = "lakehouse"
+    secret_key: str = "lakehouse-secret"
+    region: str = "us-east-1"
+    bucket: str = "lakehouse"
+    # start SeaweedFS's S3 gateway from `make up` (the compose stack uses MinIO instead)
+    embedded: bool = True
+
+
+class LakehouseSettings(BaseModel):
+    root: str = ".state/lakehouse"
+    delta_writer: Literal["delta-rs", "spark"] = "delta-rs"
+
+
+class MlflowSettings(BaseModel):
+    tracking_uri: str = "http://127.0.0.1:5000"
+    backend_store_uri: str = "postgresql+psycopg2://postgres@127.0.0.1:5432/mlflow"
+    artifacts_destination: str = ".state/mlflow-artifacts"
+    embedded: bool = True
+
+
+class SparkSettings(BaseModel):
+    master: str = "local[2]"
+    shuffle_partitions: int = 4
+    driver_memory: str = "2g"
+    ui_enabled: bool = False
+    extra_jars: list[str] = []
+    checkpoint_root: str = ".state/checkpoints"
+
+
+class TrafficSettings(BaseModel):
+    rate: float = 200.0
+    fraud_rate: float = 0.01
+    seed: int = 42
+    customers: int = 5000
+    label_delay_days: float = 3.0
+    market_symbols: list[str] = ["ACME", "GLOBX", "INITECH", "UMBRL", "WAYNE"]
+    market_rate: float = 5.0
+
+
+class ContractSettings(BaseModel):
+    max_future_skew_s: int = 300
+    min_event_time: str = "2000-01-01T00:00:00Z"
+
+
+class Settings(BaseSettings):
+    """The whole configuration of one deployment (profile)."""
+
+    model_config = SettingsConfigDict(env_prefix="LAKEHOUSE__", env_nested_delimiter="__", extra="forbid")
+
+    profile: str = "local"
+    state_dir: str = ".state"
+    eventlog: EventLogSettings = EventLogSettings()
+    online_store: OnlineStoreSettings = OnlineStoreSettings()
+    s3: S3Settings = S3Settings()
+    lakehouse: LakehouseSettings = LakehouseSettings()
+    mlflow: MlflowSettings = MlflowSettings()
+    spark: SparkSettings = SparkSettings()
+    traffic: TrafficSettings = TrafficSettings()
+    contracts: ContractSettings = ContractSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, YamlConfigSettingsSource(settings_cls, yaml_file=conf_file()))
+
+    def path(self, value: str) -> Path:
+        """Resolve a configured path (relative ones against the project root)."""
+        p = Path(value)
+        return p if p.is_absolute() else PROJECT_ROOT / p
+
+    @property
+    def state_path(self) -> Path:
+        return self.path(self.state_dir)
+
+    def table_uri(self, layer: str, table: str) -> str:
+        """URI of a Delta table, e.g. ``table_uri("bronze", "transactions")``."""
+        root = self.lakehouse.root
+        if "://" in root:
+            return f"{root.rstrip('/')}/{layer}/{table}"
+        return str(self.path(root) / layer / table)
+
+
+def conf_file() -> Path:
+    explicit = os.environ.get("LAKEHOUSE_CONF")
+    if explicit:
+        return Path(explicit)
+    return PROJECT_ROOT / "conf" / f"{os.environ.get('LAKEHOUSE_PROFILE', 'local')}.yaml"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The settings of the current process (cached; call ``get_settings.cache_clear()`` after env changes)."""
+    path = conf_file()
+    if not path.exists():
+        raise FileNotFoundError(f"configuration file {path} not found (set LAKEHOUSE_PROFILE or LAKEHOUSE_CONF)")
+    return Settings()

@@ -1,0 +1,102 @@
+"""The event log: one small interface over Redis Streams (embedded default) and Kafka (docker-compose).
+
+Both implementations share Kafka's semantics: a topic has N partitions, a record's partition is chosen
+from its key with Kafka's murmur2 partitioner (so per-card order holds, and both backends place a key in
+the same partition), offsets are dense integers per partition starting at 0, and a reader asks for a
+half-open range ``[start, end)`` of offsets of one partition.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from lakehouse.eventlog.partitioner import partition_for
+
+
+@dataclass(frozen=True)
+class Record:
+    """One record read from the log."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp_ms: int
+
+
+class EventLogError(RuntimeError):
+    """The event log could not be reached or refused an operation."""
+
+
+class EventLog(ABC):
+    """Produce keyed records and read offset ranges per partition."""
+
+    @abstractmethod
+    def create_topic(self, topic: str, partitions: int) -> None:
+        """Create a topic (no-op if it exists with the same number of partitions)."""
+
+    @abstractmethod
+    def partitions(self, topic: str) -> int:
+        """Number of partitions of a topic (raises EventLogError if the topic does not exist)."""
+
+    @abstractmethod
+    def produce_batch(self, topic: str, records: Sequence[tuple[bytes | str | None, bytes]]) -> list[tuple[int, int]]:
+        """Append (key, value) records; return the (partition, offset) of each, in order."""
+
+    @abstractmethod
+    def end_offsets(self, topic: str) -> dict[int, int]:
+        """Next offset to be written, per partition (so ``[0, end)`` is everything written)."""
+
+    @abstractmethod
+    def read(self, topic: str, partition: int, start: int, end: int, batch_size: int = 5000) -> Iterable[Record]:
+        """Records of one partition with ``start <= offset < end``, in offset order."""
+
+    def produce(self, topic: str, key: bytes | str | None, value: bytes) -> tuple[int, int]:
+        return self.produce_batch(topic, [(key, value)])[0]
+
+    def ping(self) -> bool:
+        try:
+            self.end_offsets("__ping__")
+        except EventLogError:
+            return False
+        return True
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""
+
+
+def open_event_log(backend: str, *, redis_url: str = "", kafka_bootstrap: str = "") -> EventLog:
+    """Open the configured implementation (``backend`` is ``redis`` or ``kafka``)."""
+    if backend == "redis":
+        from lakehouse.eventlog.redis_streams import RedisStreamsLog
+
+        return RedisStreamsLog(redis_url)
+    if backend == "kafka":
+        from lakehouse.eventlog.kafka import KafkaLog
+
+        return KafkaLog(kafka_bootstrap)
+    raise ValueError(f"unknown event log backend {backend!r} (expected 'redis' or 'kafka')")
+
+
+def from_settings(settings) -> EventLog:
+    ev = settings.eventlog
+    return open_event_log(ev.backend, redis_url=ev.redis_url, kafka_bootstrap=ev.kafka_bootstrap)
+
+
+def ensure_topics(log: EventLog, settings) -> None:
+    for topic in settings.eventlog.topics.all():
+        log.create_topic(topic.name, topic.partitions)
+
+
+__all__ = [
+    "EventLog",
+    "EventLogError",
+    "Record",
+    "ensure_topics",
+    "from_settings",
+    "open_event_log",
+    "partition_for",
+]

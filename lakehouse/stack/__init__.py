@@ -1,0 +1,1 @@
+"""Start, stop and health-check the embedded local stack (``make up`` / ``make down`` / ``make status``)."""

@@ -1,0 +1,79 @@
+"""``python -m lakehouse.stack up|down|status``: the embedded stack of the current profile."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from lakehouse import eventlog
+from lakehouse.config import Settings, get_settings
+from lakehouse.stack.process import ProcessManager, ServiceError
+from lakehouse.stack.services import ensure_postgres_database, stack_services
+
+
+def up(settings: Settings) -> None:
+    manager = ProcessManager(settings.state_path)
+    for svc in stack_services(settings):
+        if svc.name == "mlflow":
+            ensure_postgres_database(settings.mlflow.backend_store_uri)
+        t0 = time.monotonic()
+        print(
+            f"  {svc.name:<13} {manager.start(svc)} in {time.monotonic() - t0:.1f} s  {svc.endpoint}",
+            flush=True,
+        )
+    log = eventlog.from_settings(settings)
+    eventlog.ensure_topics(log, settings)
+    log.close()
+    print(f"  topics        {', '.join(t.name for t in settings.eventlog.topics.all())}")
+
+
+def down(settings: Settings) -> None:
+    manager = ProcessManager(settings.state_path)
+    for svc in reversed(stack_services(settings)):
+        print(f"  {svc.name:<13} {manager.stop(svc)}", flush=True)
+
+
+def status(settings: Settings) -> bool:
+    manager = ProcessManager(settings.state_path)
+    all_up = True
+    for svc in stack_services(settings):
+        ok = svc.healthy()
+        all_up &= ok
+        pid = manager.pid(svc.name)
+        owner = f"pid {pid}" if pid else "external" if ok else "-"
+        print(f"  {svc.name:<13} {'UP' if ok else 'DOWN':<5} {owner:<12} {svc.endpoint}")
+    if all_up:
+        log = eventlog.from_settings(settings)
+        for topic in settings.eventlog.topics.all():
+            try:
+                ends = log.end_offsets(topic.name)
+                print(f"  topic {topic.name:<14} {sum(ends.values()):>10} records in {len(ends)} partitions")
+            except eventlog.EventLogError as exc:
+                all_up = False
+                print(f"  topic {topic.name:<14} MISSING ({exc})")
+        log.close()
+    return all_up
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lakehouse.stack", description=__doc__)
+    parser.add_argument("command", choices=["up", "down", "status"])
+    args = parser.parse_args(argv)
+    settings = get_settings()
+    print(f"stack '{settings.profile}' (state in {settings.state_path})")
+    try:
+        if args.command == "up":
+            up(settings)
+        elif args.command == "down":
+            down(settings)
+        else:
+            return 0 if status(settings) else 1
+    except ServiceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Synthetic card traffic with injected fraud, market ticks, and replay of external files."""

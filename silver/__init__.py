@@ -1,0 +1,1 @@
+"""Silver: typed, validated, deduplicated transactions enriched with reference data; labels merged in (Part 2)."""

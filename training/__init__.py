@@ -1,0 +1,1 @@
+"""Training: XGBoost and Isolation Forest trained, evaluated and registered in MLflow (Part 4)."""
