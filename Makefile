@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 export PYSPARK_PYTHON := $(abspath $(PY))
 export PYSPARK_DRIVER_PYTHON := $(abspath $(PY))
 
-.PHONY: install up down status stream traffic test test-unit lint format clean-state
+.PHONY: install up down status stream traffic test test-unit lint format clean-state bench
 
 install: $(VENV)/.installed  ## create the venv and install the project, its dev extras and redis-server
 
@@ -49,3 +49,6 @@ test-unit: install  ## only the fast tests that need no service
 
 clean-state: down  ## delete all local data (tables, checkpoints, event log, MLflow artifacts)
 	rm -rf .state
+
+bench: up  ## throughput and memory figures, printed and written to bench/results/
+	$(PY) -m bench.run

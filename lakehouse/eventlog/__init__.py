@@ -54,6 +54,10 @@ class EventLog(ABC):
     def read(self, topic: str, partition: int, start: int, end: int, batch_size: int = 5000) -> Iterable[Record]:
         """Records of one partition with ``start <= offset < end``, in offset order."""
 
+    @abstractmethod
+    def delete_topic(self, topic: str) -> None:
+        """Delete a topic and its records."""
+
     def produce(self, topic: str, key: bytes | str | None, value: bytes) -> tuple[int, int]:
         return self.produce_batch(topic, [(key, value)])[0]
 

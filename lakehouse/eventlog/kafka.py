@@ -52,6 +52,10 @@ class KafkaLog(EventLog):
                 raise EventLogError(f"topic {topic!r} exists with {self.partitions(topic)} partitions") from None
         self._partitions[topic] = partitions
 
+    def delete_topic(self, topic: str) -> None:
+        self._admin.delete_topics([topic])
+        self._partitions.pop(topic, None)
+
     def partitions(self, topic: str) -> int:
         if topic not in self._partitions:
             found = self._producer.partitions_for(topic)

@@ -47,6 +47,12 @@ class RedisStreamsLog(EventLog):
             raise EventLogError(f"topic {topic!r} exists with {self.partitions(topic)} partitions, not {partitions}")
         self._partitions[topic] = partitions
 
+    def delete_topic(self, topic: str) -> None:
+        n = self.partitions(topic)
+        self._call(lambda: self._redis.delete(*(stream_key(topic, p) for p in range(n))))
+        self._call(lambda: self._redis.hdel(_TOPICS, topic))
+        self._partitions.pop(topic, None)
+
     def partitions(self, topic: str) -> int:
         if topic not in self._partitions:
             value = self._call(lambda: self._redis.hget(_TOPICS, topic))

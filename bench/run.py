@@ -1,0 +1,147 @@
+"""``make bench``: throughput and memory of the parts built so far, printed and written to bench/results/.
+
+Measures, on the current profile's stack: traffic generation, contract validation, event-log produce and
+read, and the bronze stream (event log → Spark → Delta) end to end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from lakehouse import PROJECT_ROOT, delta, eventlog
+from lakehouse.config import get_settings
+from lakehouse.contracts import decode, encode
+from lakehouse.stack.process import ProcessManager
+from lakehouse.stack.services import stack_services
+from lakehouse.traffic.generator import GeneratorConfig, TrafficGenerator
+
+RESULTS = PROJECT_ROOT / "bench" / "results"
+
+
+def machine() -> dict:
+    mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    java = subprocess.run(["java", "-version"], capture_output=True, text=True).stderr.splitlines()[0]
+    return {
+        "cpus": os.cpu_count(),
+        "memory_gb": round(mem_gb, 1),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "java": java,
+    }
+
+
+def service_rss_mb(settings) -> dict[str, int]:
+    """Resident memory of each stack service this stack started (with its child processes)."""
+    manager = ProcessManager(settings.state_path)
+    out = {}
+    for svc in stack_services(settings):
+        pid = manager.pid(svc.name)
+        if pid:
+            pids = [
+                pid,
+                *map(int, subprocess.run(["pgrep", "-g", str(pid)], capture_output=True, text=True).stdout.split()),
+            ]
+            out[svc.name.replace("-", "_")] = round(sum(_rss_kb(p) for p in set(pids)) / 1024)
+    return out
+
+
+def _rss_kb(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def timed(label: str, n: int, fn) -> dict:
+    t0 = time.perf_counter()
+    fn()
+    dt = time.perf_counter() - t0
+    row = {"what": label, "events": n, "seconds": round(dt, 3), "events_per_s": round(n / dt)}
+    print(f"  {label:<44} {n:>9} events {dt:>8.2f} s {n / dt:>12,.0f} events/s", flush=True)
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--events", type=int, default=200_000)
+    args = parser.parse_args(argv)
+    settings = get_settings()
+    n = args.events
+    print(f"bench on profile '{settings.profile}': {n} transactions")
+    cfg = GeneratorConfig(seed=99, rate=500, customers=5000)
+    events: list = []
+    gen = TrafficGenerator(cfg).events()
+    rows = [timed("generate (synthetic traffic)", n, lambda: events.extend(next(gen) for _ in range(n)))]
+    payloads = [(kind, e, encode(e)) for kind, e in events]
+    now = max(e.get("event_time", 0) for _, e, _ in payloads) + 1000
+    rows.append(timed("validate (contracts.decode)", n, lambda: [decode(k, p, now_ms=now) for k, _, p in payloads]))
+
+    log = eventlog.from_settings(settings)
+    topic = f"bench-{int(time.time())}"
+    log.create_topic(topic, settings.eventlog.topics.transactions.partitions)
+    records = [(e["card_id"], p) for _, e, p in payloads]
+
+    def produce():
+        for i in range(0, len(records), 1000):
+            log.produce_batch(topic, records[i : i + 1000])
+
+    rows.append(timed("event log produce (batches of 1000)", n, produce))
+    ends = log.end_offsets(topic)
+    rows.append(timed("event log read", n, lambda: [sum(1 for _ in log.read(topic, p, 0, e)) for p, e in ends.items()]))
+
+    # bronze end to end: the stream of `topic` into a fresh Delta table
+    from bronze.transforms import raw_records
+    from lakehouse.spark import get_spark, read_event_stream
+    from lakehouse.streaming import checkpoint_dir, start_to_delta
+
+    spark = get_spark(settings, "bench")
+    uri = settings.table_uri("bench", topic)
+    name = f"bench.{topic}"
+
+    def bronze():
+        source = read_event_stream(spark, settings, topic, 50_000)
+        q = start_to_delta(
+            settings, name, source, uri, raw_records, partition_by=["ingest_date"], trigger={"availableNow": True}
+        )
+        q.awaitTermination()
+
+    rows.append(timed("bronze stream: log -> Spark -> Delta", n, bronze))
+    assert delta.read_arrow(settings, uri, columns=["source_offset"]).num_rows == n
+    spark.stop()
+    shutil.rmtree(checkpoint_dir(settings, name), ignore_errors=True)
+    if "://" not in uri:
+        shutil.rmtree(uri, ignore_errors=True)
+    memory = {"bench_process_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+    memory |= {f"{name}_rss_mb": rss for name, rss in service_rss_mb(settings).items()}
+    log.delete_topic(topic)
+    print(f"  memory: {memory}")
+    result = {
+        "time": datetime.now(UTC).isoformat(timespec="seconds"),
+        "profile": settings.profile,
+        "machine": machine(),
+        "throughput": rows,
+        "memory": memory,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    for path in (RESULTS / f"pipeline-{stamp}.json", RESULTS / "latest.json"):
+        path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"written to {RESULTS / 'latest.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
