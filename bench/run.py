@@ -20,7 +20,7 @@ from pathlib import Path
 
 from lakehouse import PROJECT_ROOT, delta, eventlog
 from lakehouse.config import get_settings
-from lakehouse.contracts import decode, encode
+from lakehouse.contracts import Limits, decode, encode
 from lakehouse.stack.process import ProcessManager
 from lakehouse.stack.services import stack_services
 from lakehouse.traffic.generator import GeneratorConfig, TrafficGenerator
@@ -103,9 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     rows.append(timed("event log read", n, lambda: [sum(1 for _ in log.read(topic, p, 0, e)) for p, e in ends.items()]))
 
     # bronze end to end: the stream of `topic` into a fresh Delta table
-    from bronze.transforms import raw_records
+    from bronze.transforms import accepted, dead_letters, validate_records
     from lakehouse.spark import get_spark, read_event_stream
-    from lakehouse.streaming import checkpoint_dir, start_to_delta
+    from lakehouse.streaming import Output, checkpoint_dir, start_to_delta
 
     spark = get_spark(settings, "bench")
     uri = settings.table_uri("bench", topic)
@@ -113,12 +113,17 @@ def main(argv: list[str] | None = None) -> int:
 
     def bronze():
         source = read_event_stream(spark, settings, topic, 50_000)
-        q = start_to_delta(
-            settings, name, source, uri, raw_records, partition_by=["ingest_date"], trigger={"availableNow": True}
-        )
+        good, bad = Output(name, uri, ("event_date",)), Output(f"{name}.dead", f"{uri}_dead_letter")
+        limits = Limits.from_settings(settings)
+
+        def outputs(batch):
+            validated = validate_records(batch, "transaction", limits)
+            return [(good, accepted(validated)), (bad, dead_letters(validated))]
+
+        q = start_to_delta(settings, name, source, outputs, trigger={"availableNow": True})
         q.awaitTermination()
 
-    rows.append(timed("bronze stream: log -> Spark -> Delta", n, bronze))
+    rows.append(timed("bronze stream: log -> validate -> Delta", n, bronze))
     assert delta.read_arrow(settings, uri, columns=["source_offset"]).num_rows == n
     spark.stop()
     shutil.rmtree(checkpoint_dir(settings, name), ignore_errors=True)

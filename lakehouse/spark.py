@@ -21,6 +21,7 @@ def get_spark(settings: Settings, app_name: str = "fraud-lakehouse") -> SparkSes
         .config("spark.sql.shuffle.partitions", str(sp.shuffle_partitions))
         .config("spark.driver.memory", sp.driver_memory)
         .config("spark.ui.enabled", str(sp.ui_enabled).lower())
+        .config("spark.ui.showConsoleProgress", "false")
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
         .config("spark.sql.streaming.stopGracefullyOnShutdown", "true")
