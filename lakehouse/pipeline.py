@@ -17,6 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-traffic", action="store_true", help="only run the pipeline")
     parser.add_argument("--rate", type=float, default=None, help="transactions per second of the traffic")
     parser.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    parser.add_argument("--available-now", action="store_true", help="process what the log holds, then exit")
     args = parser.parse_args(argv)
     settings = get_settings()
     traffic = None
@@ -29,7 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     spark = get_spark(settings, "fraud-lakehouse-stream")
     from bronze import job as bronze_job
 
-    queries = bronze_job.start(spark, settings)
+    trigger = {"availableNow": True} if args.available_now else None
+    queries = bronze_job.start(spark, settings, trigger=trigger)
     print(
         f"pipeline: {len(queries)} streaming queries running; tables under {settings.lakehouse.root}; Ctrl-C stops",
         file=sys.stderr,
@@ -37,10 +39,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     deadline = time.monotonic() + args.duration if args.duration else None
     try:
-        while deadline is None or time.monotonic() < deadline:
+        while True:
             for q in queries:
                 if q.exception() is not None:
                     raise RuntimeError(f"query {q.name} failed: {q.exception()}")
+            if (deadline is not None and time.monotonic() >= deadline) or not any(q.isActive for q in queries):
+                break
             time.sleep(1)
     except KeyboardInterrupt:
         print("stopping...", file=sys.stderr)
