@@ -80,9 +80,6 @@ class KafkaLog(EventLog):
     def end_offsets(self, topic: str) -> dict[int, int]:
         from kafka import TopicPartition
 
-        if topic == "__ping__":
-            self._producer.partitions_for("__consumer_offsets")
-            return {}
         consumer = self._consumer()
         try:
             tps = [TopicPartition(topic, p) for p in range(self.partitions(topic))]
@@ -110,6 +107,9 @@ class KafkaLog(EventLog):
                     position = msg.offset + 1
         finally:
             consumer.close()
+
+    def ping(self) -> bool:
+        return bool(self._producer.bootstrap_connected())
 
     def close(self) -> None:
         self._producer.close()

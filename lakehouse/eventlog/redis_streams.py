@@ -79,7 +79,7 @@ class RedisStreamsLog(EventLog):
         return [(part, _offset(entry_id)) for part, entry_id in zip(parts, ids, strict=True)]
 
     def end_offsets(self, topic: str) -> dict[int, int]:
-        n = self.partitions(topic) if topic != "__ping__" else 0
+        n = self.partitions(topic)
 
         def query():
             pipe = self._redis.pipeline(transaction=False)
@@ -87,9 +87,6 @@ class RedisStreamsLog(EventLog):
                 pipe.xinfo_stream(stream_key(topic, p))
             return pipe.execute(raise_on_error=False)
 
-        if n == 0:
-            self._call(self._redis.ping, retry=False)
-            return {}
         result = self._call(query)
         return {
             p: 0 if isinstance(info, Exception) else _offset(info["last-generated-id"]) + 1

@@ -17,7 +17,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from lakehouse.traffic.population import (
-    MCC_BY_CODE,
     Customer,
     Merchant,
     Population,
@@ -417,7 +416,3 @@ class TrafficGenerator:
             ),
             "compromised_merchant",
         )
-
-
-def mcc_name(code: str) -> str:
-    return MCC_BY_CODE[code].name if code in MCC_BY_CODE else "unknown"
