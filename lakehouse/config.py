@@ -70,6 +70,22 @@ class S3Settings(BaseModel):
 class LakehouseSettings(BaseModel):
     root: str = ".state/lakehouse"
     delta_writer: Literal["delta-rs", "spark"] = "delta-rs"
+    # time travel window: VACUUM never deletes files a version younger than this still needs
+    retention_hours: int = Field(default=168, ge=0)
+    # how long the Delta log (and so the list of versions) is kept
+    log_retention_days: int = Field(default=30, ge=1)
+    # OPTIMIZE compacts a partition once it holds at least this many small files
+    compact_min_files: int = Field(default=8, ge=2)
+    target_file_mb: int = Field(default=128, ge=1)
+
+
+class StreamingSettings(BaseModel):
+    trigger_seconds: float = Field(default=2.0, gt=0)
+    # gold recomputes the partitions a silver batch touched; BI needs no sub-second freshness
+    gold_trigger_seconds: float = Field(default=30.0, gt=0)
+    max_records_per_trigger: int = Field(default=20000, ge=1)
+    # watermark delay: events older than (max event time seen - this) go to silver.late_events
+    allowed_lateness_s: int = Field(default=600, ge=0)
 
 
 class MlflowSettings(BaseModel):
@@ -114,6 +130,7 @@ class Settings(BaseSettings):
     online_store: OnlineStoreSettings = OnlineStoreSettings()
     s3: S3Settings = S3Settings()
     lakehouse: LakehouseSettings = LakehouseSettings()
+    streaming: StreamingSettings = StreamingSettings()
     mlflow: MlflowSettings = MlflowSettings()
     spark: SparkSettings = SparkSettings()
     traffic: TrafficSettings = TrafficSettings()

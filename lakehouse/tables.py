@@ -1,0 +1,130 @@
+"""The catalog: every Delta table of the lakehouse, its schema, partitioning and table properties.
+
+Jobs create their tables up front (``ensure``) so a downstream stream can start before upstream data
+exists, and so retention settings are table properties, not conventions. ``docs/tables.md`` documents them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyarrow as pa
+from deltalake import DeltaTable
+
+from lakehouse.config import Settings
+from lakehouse.storage import storage_options
+
+TS = pa.timestamp("us", tz="UTC")
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    layer: str
+    name: str
+    schema: pa.Schema
+    partition_by: tuple[str, ...] = ()
+    description: str = ""
+    # keep a change data feed (row-level update pre/post images), for tables that are MERGEd into
+    change_data_feed: bool = False
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.layer}.{self.name}"
+
+    def uri(self, settings: Settings) -> str:
+        return settings.table_uri(self.layer, self.name)
+
+    def properties(self, settings: Settings) -> dict[str, str]:
+        lh = settings.lakehouse
+        props = {
+            "delta.logRetentionDuration": f"interval {lh.log_retention_days} days",
+            "delta.deletedFileRetentionDuration": f"interval {lh.retention_hours} hours",
+        }
+        if self.change_data_feed:
+            props["delta.enableChangeDataFeed"] = "true"
+        return props
+
+
+CATALOG: dict[str, TableSpec] = {}
+
+
+def register(spec: TableSpec) -> TableSpec:
+    CATALOG[spec.full_name] = spec
+    return spec
+
+
+def get(full_name: str) -> TableSpec:
+    try:
+        return CATALOG[full_name]
+    except KeyError:
+        raise KeyError(f"unknown table {full_name!r}; known: {', '.join(sorted(CATALOG))}") from None
+
+
+def ensure(settings: Settings, spec: TableSpec) -> str:
+    """Create the table (empty, with its schema and properties) unless it exists. Returns its URI."""
+    uri = spec.uri(settings)
+    opts = storage_options(settings, uri)
+    if not DeltaTable.is_deltatable(uri, storage_options=opts):
+        DeltaTable.create(
+            uri,
+            schema=spec.schema,
+            mode="ignore",
+            partition_by=list(spec.partition_by) or None,
+            name=spec.full_name,
+            description=spec.description or None,
+            configuration=spec.properties(settings),
+            storage_options=opts,
+        )
+    return uri
+
+
+def ensure_all(settings: Settings, layers: tuple[str, ...] | None = None) -> None:
+    for spec in CATALOG.values():
+        if layers is None or spec.layer in layers:
+            ensure(settings, spec)
+
+
+def _fields(*pairs: tuple[str, pa.DataType]) -> pa.Schema:
+    return pa.schema([pa.field(n, t) for n, t in pairs])
+
+
+_SOURCE = (("source_topic", pa.string()), ("source_partition", pa.int32()), ("source_offset", pa.int64()))
+
+BRONZE_EVENT_SCHEMA = _fields(
+    *_SOURCE,
+    ("key", pa.string()),
+    ("payload", pa.string()),
+    ("event_time", TS),
+    ("log_time", TS),
+    ("ingested_at", TS),
+    ("event_date", pa.date32()),
+)
+for _name, _what in (("transactions", "card transactions"), ("labels", "fraud labels"), ("market_ticks", "ticks")):
+    register(
+        TableSpec(
+            "bronze",
+            _name,
+            BRONZE_EVENT_SCHEMA,
+            ("event_date",),
+            f"Every valid {_what} event as received from the event log (append-only).",
+        )
+    )
+
+register(
+    TableSpec(
+        "bronze",
+        "dead_letter",
+        _fields(
+            *_SOURCE,
+            ("key", pa.string()),
+            ("payload", pa.binary()),
+            ("reason", pa.string()),
+            ("detail", pa.string()),
+            ("log_time", TS),
+            ("failed_at", TS),
+            ("log_date", pa.date32()),
+        ),
+        ("log_date",),
+        "Every event that failed parsing or its contract: raw bytes, reason, source offset, time.",
+    )
+)
