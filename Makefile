@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 export PYSPARK_PYTHON := $(abspath $(PY))
 export PYSPARK_DRIVER_PYTHON := $(abspath $(PY))
 
-.PHONY: install up down status stream traffic test test-unit lint format clean-state bench
+.PHONY: install up down status stream traffic test test-unit lint format clean-state bench optimize
 
 install: $(VENV)/.installed  ## create the venv and install the project, its dev extras and redis-server
 
@@ -32,6 +32,9 @@ stream: up  ## synthetic traffic + the streaming pipeline, until Ctrl-C
 
 traffic: up  ## only the synthetic traffic, until Ctrl-C
 	$(PY) -m lakehouse.traffic generate --with-market
+
+optimize: up  ## compact small files, VACUUM past the retention window, checkpoint the log (every table)
+	$(PY) -m lakehouse.maintenance all
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -86,6 +86,8 @@ class StreamingSettings(BaseModel):
     max_records_per_trigger: int = Field(default=20000, ge=1)
     # watermark delay: events older than (max event time seen - this) go to silver.late_events
     allowed_lateness_s: int = Field(default=600, ge=0)
+    # a label MERGE looks for its transaction in event dates up to this long before the label was reported
+    label_horizon_days: int = Field(default=45, ge=1)
 
 
 class MlflowSettings(BaseModel):

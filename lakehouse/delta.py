@@ -10,11 +10,12 @@ Two writers produce the same Delta protocol:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import pyarrow as pa
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from deltalake.exceptions import TableNotFoundError
+from deltalake.table import TableMerger
 
 from lakehouse.config import Settings
 from lakehouse.storage import storage_options
@@ -46,10 +47,13 @@ def write_batch(
     partition_by: Sequence[str] | None = None,
     mode: str = "append",
     metadata: dict[str, str] | None = None,
+    predicate: str | None = None,
+    schema_mode: str | None = None,
 ) -> bool:
-    """Append (or overwrite) one micro-batch exactly once. Returns False if the batch was already written."""
-    last = committed_version(settings, uri, app_id)
-    if last is not None and batch_id <= last:
+    """Append (or overwrite, where ``predicate`` holds) one micro-batch exactly once.
+
+    Returns False if the batch was already written."""
+    if already_committed(settings, uri, app_id, batch_id):
         return False
     write_deltalake(
         uri,
@@ -57,16 +61,51 @@ def write_batch(
         mode=mode,
         partition_by=list(partition_by) if partition_by else None,
         storage_options=storage_options(settings, uri),
-        commit_properties=CommitProperties(
-            app_transactions=[Transaction(app_id=app_id, version=batch_id)],
-            custom_metadata={
-                "streaming.query_id": app_id,
-                "streaming.batch_id": str(batch_id),
-                **(metadata or {}),
-            },
-        ),
+        commit_properties=_commit(app_id, batch_id, metadata),
+        predicate=predicate,
+        schema_mode=schema_mode,
     )
     return True
+
+
+def already_committed(settings: Settings, uri: str, app_id: str, batch_id: int) -> bool:
+    last = committed_version(settings, uri, app_id)
+    return last is not None and batch_id <= last
+
+
+def _commit(app_id: str, batch_id: int, metadata: dict[str, str] | None = None) -> CommitProperties:
+    return CommitProperties(
+        app_transactions=[Transaction(app_id=app_id, version=batch_id)],
+        custom_metadata={"streaming.query_id": app_id, "streaming.batch_id": str(batch_id), **(metadata or {})},
+    )
+
+
+def merge_batch(
+    settings: Settings,
+    uri: str,
+    source: pa.Table,
+    predicate: str,
+    clauses: Callable[[TableMerger], TableMerger],
+    *,
+    app_id: str,
+    batch_id: int,
+    merge_schema: bool = False,
+) -> dict | None:
+    """MERGE one micro-batch (``s``) into ``t`` exactly once; None if the batch was already merged.
+
+    ``clauses`` adds the WHEN clauses, e.g. ``lambda m: m.when_not_matched_insert_all()``.
+    """
+    if already_committed(settings, uri, app_id, batch_id):
+        return None
+    merger = open_table(settings, uri).merge(
+        source,
+        predicate,
+        source_alias="s",
+        target_alias="t",
+        merge_schema=merge_schema,
+        commit_properties=_commit(app_id, batch_id),
+    )
+    return clauses(merger).execute()
 
 
 def write_batch_spark(

@@ -35,9 +35,11 @@ def get_spark(settings: Settings, app_name: str = "fraud-lakehouse") -> SparkSes
         )
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
+    from lakehouse.delta_source import DeltaRsDataSource
     from lakehouse.spark_source import EventLogDataSource
 
     spark.dataSource.register(EventLogDataSource)
+    spark.dataSource.register(DeltaRsDataSource)
     return spark
 
 

@@ -7,6 +7,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from pyspark.sql import DataFrame
@@ -33,9 +34,41 @@ def checkpoint_dir(settings: Settings, name: str) -> str:
     return f"{root.rstrip('/')}/{name}" if "://" in root else str(settings.path(root) / name)
 
 
-def _query_id(checkpoint: str) -> str:
+def query_id(checkpoint: str) -> str:
     """The streaming query's id, as Spark keeps it in the checkpoint (stable across restarts)."""
     return json.loads((Path(checkpoint) / "metadata").read_text())["id"]
+
+
+class WatermarkState:
+    """A watermark kept per batch id in the query's checkpoint (like Spark's offset log).
+
+    Batch N uses the watermark that batch N-1 left, so a replayed batch sees the same watermark and makes the
+    same decisions; it records its own only after its Delta commits.
+    """
+
+    def __init__(self, checkpoint: str, keep: int = 100):
+        if "://" in checkpoint:
+            raise ValueError(f"watermark state needs a local or mounted checkpoint directory, not {checkpoint}")
+        self.dir = Path(checkpoint) / "watermarks"
+        self.keep = keep
+
+    def before(self, batch_id: int) -> datetime | None:
+        ids = sorted(i for i in self._ids() if i < batch_id)
+        if not ids:
+            return None
+        value = json.loads((self.dir / str(ids[-1])).read_text())["watermark"]
+        return None if value is None else datetime.fromisoformat(value)
+
+    def _ids(self) -> list[int]:
+        return [int(p.name) for p in self.dir.glob("[0-9]*")] if self.dir.exists() else []
+
+    def record(self, batch_id: int, watermark: datetime | None) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.dir / f".{batch_id}.tmp"
+        tmp.write_text(json.dumps({"watermark": None if watermark is None else watermark.isoformat()}))
+        tmp.replace(self.dir / str(batch_id))
+        for old in sorted(self._ids())[: -self.keep]:
+            (self.dir / str(old)).unlink(missing_ok=True)
 
 
 def delta_sink(settings: Settings, name: str, outputs: Outputs) -> Callable[[DataFrame, int], None]:
@@ -48,7 +81,7 @@ def delta_sink(settings: Settings, name: str, outputs: Outputs) -> Callable[[Dat
 
     def write(batch: DataFrame, batch_id: int) -> None:
         t0 = time.monotonic()
-        app_id = _query_id(checkpoint)
+        app_id = query_id(checkpoint)
         batch.persist()
         try:
             report = []
@@ -77,13 +110,26 @@ def delta_sink(settings: Settings, name: str, outputs: Outputs) -> Callable[[Dat
     return write
 
 
+def start_batches(
+    settings: Settings,
+    name: str,
+    source: DataFrame,
+    handler: Callable[[DataFrame, int], None],
+    *,
+    trigger: dict | None = None,
+) -> StreamingQuery:
+    """Start ``source`` → ``handler(batch, batch_id)``, checkpointed under the query ``name``."""
+    writer = (
+        source.writeStream.queryName(name)
+        .option("checkpointLocation", checkpoint_dir(settings, name))
+        .foreachBatch(handler)
+    )
+    default = {"processingTime": f"{settings.streaming.trigger_seconds} seconds"}
+    return writer.trigger(**(trigger or default)).start()
+
+
 def start_to_delta(
     settings: Settings, name: str, source: DataFrame, outputs: Outputs, *, trigger: dict | None = None
 ) -> StreamingQuery:
     """Start ``source`` → ``outputs`` → Delta tables, checkpointed under the query ``name``."""
-    writer = (
-        source.writeStream.queryName(name)
-        .option("checkpointLocation", checkpoint_dir(settings, name))
-        .foreachBatch(delta_sink(settings, name, outputs))
-    )
-    return writer.trigger(**(trigger or {"processingTime": "2 seconds"})).start()
+    return start_batches(settings, name, source, delta_sink(settings, name, outputs), trigger=trigger)

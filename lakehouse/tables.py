@@ -84,6 +84,14 @@ def ensure_all(settings: Settings, layers: tuple[str, ...] | None = None) -> Non
             ensure(settings, spec)
 
 
+def conform(table: pa.Table, spec: TableSpec, **extra: pa.Array) -> pa.Table:
+    """``table`` plus ``extra`` columns, in ``spec``'s column order and types (columns it lacks are left out)."""
+    for name, values in extra.items():
+        table = table.append_column(name, values)
+    names = [f.name for f in spec.schema if f.name in table.column_names]
+    return table.select(names).cast(pa.schema([spec.schema.field(n) for n in names]))
+
+
 def _fields(*pairs: tuple[str, pa.DataType]) -> pa.Schema:
     return pa.schema([pa.field(n, t) for n, t in pairs])
 

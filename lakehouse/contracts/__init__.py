@@ -73,10 +73,19 @@ def _reject_constant(name: str) -> float:
     raise ContractError("non_finite_number", f"{name} is not a valid JSON number")
 
 
-def check(kind: str, event: Any, limits: Limits = Limits(), now_ms: int | None = None) -> dict:
-    """Check a decoded event against its contract and the time limits; return it unchanged."""
+def check(
+    kind: str, event: Any, limits: Limits = Limits(), now_ms: int | None = None, *, allow_unknown: bool = False
+) -> dict:
+    """Check a decoded event against its contract and the time limits; return it unchanged.
+
+    ``allow_unknown`` accepts fields this contract version does not know (forward compatibility: consumers
+    keep running when producers add an optional field); the known fields are still checked.
+    """
     if not isinstance(event, dict):
         raise ContractError("not_an_object", f"a {kind} event must be a JSON object, got {type(event).__name__}")
+    if allow_unknown:
+        known = schema(kind)["properties"]
+        event = {k: v for k, v in event.items() if k in known}
     for key, value in event.items():
         if isinstance(value, float) and not math.isfinite(value):
             raise ContractError("non_finite_number", f"field '{key}' is {value}")
@@ -106,7 +115,14 @@ def _missing_field(error: Any) -> str:
     return "<root>"
 
 
-def decode(kind: str, raw: bytes | str | None, limits: Limits = Limits(), now_ms: int | None = None) -> dict:
+def decode(
+    kind: str,
+    raw: bytes | str | None,
+    limits: Limits = Limits(),
+    now_ms: int | None = None,
+    *,
+    allow_unknown: bool = False,
+) -> dict:
     """Parse raw bytes from the event log and check them; raise ContractError with the reason."""
     if raw is None or len(raw) == 0:
         raise ContractError("empty_payload", "the event has no payload")
@@ -118,7 +134,21 @@ def decode(kind: str, raw: bytes | str | None, limits: Limits = Limits(), now_ms
         raise
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ContractError("malformed_json", str(exc)) from None
-    return check(kind, event, limits, now_ms)
+    return check(kind, event, limits, now_ms, allow_unknown=allow_unknown)
+
+
+_SPARK_TYPES = {"string": "string", "integer": "bigint", "number": "double", "boolean": "boolean"}
+
+
+def spark_ddl(kind: str, contract: dict | None = None) -> str:
+    """The Spark DDL of an event kind's fields, derived from its JSON Schema (``contract`` overrides it)."""
+    props = (contract or schema(kind))["properties"]
+    cols = []
+    for name, prop in props.items():
+        types = prop.get("type", "string")
+        types = [t for t in (types if isinstance(types, list) else [types]) if t != "null"] or ["string"]
+        cols.append(f"`{name}` {_SPARK_TYPES[types[0]]}")
+    return ", ".join(cols)
 
 
 def encode(event: dict) -> bytes:

@@ -1,0 +1,70 @@
+"""Gold tables in the catalog: daily aggregates for BI, recomputed per event date from silver."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from lakehouse.tables import TS, TableSpec, register
+
+L, D, S = pa.int64(), pa.float64(), pa.string()
+MEASURES = [("txn_count", L), ("amount_sum", D), ("fraud_count", L), ("fraud_amount", D), ("labelled_count", L)]
+DECISIONS = [("decline_count", L), ("review_count", L), ("block_count", L)]
+
+
+def _daily(name: str, keys: list[tuple[str, pa.DataType]], extra: list, description: str) -> TableSpec:
+    schema = pa.schema([("event_date", pa.date32()), *keys, *extra, ("computed_at", TS)])
+    return register(TableSpec("gold", name, schema, ("event_date",), description))
+
+
+CARD_DAILY = _daily(
+    "card_daily",
+    [("card_id", S)],
+    [*MEASURES, ("amount_max", D), ("distinct_merchants", L), ("distinct_countries", L), *DECISIONS],
+    "Per card and day: counts, amounts, fraud (by label), merchants and countries, scoring decisions.",
+)
+MERCHANT_DAILY = _daily(
+    "merchant_daily",
+    [("merchant_id", S), ("merchant_category_code", S)],
+    [*MEASURES, ("distinct_cards", L), *DECISIONS],
+    "Per merchant and day: counts, amounts, fraud (by label), distinct cards, scoring decisions.",
+)
+MCC_DAILY = _daily(
+    "mcc_daily",
+    [("merchant_category_code", S), ("mcc_category", S)],
+    [*MEASURES, ("avg_amount", D), ("fraud_rate", D), *DECISIONS],
+    "Per merchant category and day: counts, amounts, fraud amount and rate, scoring decisions.",
+)
+FRAUD_SUMMARY_DAILY = _daily(
+    "fraud_summary_daily",
+    [],
+    [
+        ("total_count", L),
+        ("total_amount", D),
+        ("fraud_count", L),
+        ("fraud_amount", D),
+        ("labelled_count", L),
+        ("fraud_rate", D),
+        ("active_cards", L),
+        ("flagged_count", L),
+        ("blocked_count", L),
+        ("false_positive_rate", D),
+    ],
+    "The BI dashboard's daily line: totals, fraud, flagged/blocked and the false-positive rate.",
+)
+MARKET_RISK_DAILY = _daily(
+    "market_risk_daily",
+    [("symbol", S)],
+    [
+        ("open", D),
+        ("high", D),
+        ("low", D),
+        ("close", D),
+        ("daily_return", D),
+        ("tick_count", L),
+        ("volume", D),
+        ("volatility", D),
+        ("realised_volatility", D),
+        ("max_drawdown", D),
+    ],
+    "Per symbol and day: OHLC, return, volume, tick-return volatility and maximum drawdown.",
+)
