@@ -10,11 +10,12 @@ Two writers produce the same Delta protocol:
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 
 import pyarrow as pa
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
-from deltalake.exceptions import TableNotFoundError
+from deltalake.exceptions import CommitFailedError, TableNotFoundError
 from deltalake.table import TableMerger
 
 from lakehouse.config import Settings
@@ -90,22 +91,32 @@ def merge_batch(
     app_id: str,
     batch_id: int,
     merge_schema: bool = False,
+    attempts: int = 5,
 ) -> dict | None:
     """MERGE one micro-batch (``s``) into ``t`` exactly once; None if the batch was already merged.
 
+    A commit conflict (e.g. with a concurrent OPTIMIZE) re-runs the MERGE on the new snapshot.
+
     ``clauses`` adds the WHEN clauses, e.g. ``lambda m: m.when_not_matched_insert_all()``.
     """
-    if already_committed(settings, uri, app_id, batch_id):
-        return None
-    merger = open_table(settings, uri).merge(
-        source,
-        predicate,
-        source_alias="s",
-        target_alias="t",
-        merge_schema=merge_schema,
-        commit_properties=_commit(app_id, batch_id),
-    )
-    return clauses(merger).execute()
+    for attempt in range(attempts):
+        if already_committed(settings, uri, app_id, batch_id):
+            return None
+        merger = open_table(settings, uri).merge(
+            source,
+            predicate,
+            source_alias="s",
+            target_alias="t",
+            merge_schema=merge_schema,
+            commit_properties=_commit(app_id, batch_id),
+        )
+        try:
+            return clauses(merger).execute()
+        except CommitFailedError:  # a concurrent OPTIMIZE rewrote what the MERGE read: redo it on the new snapshot
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def write_batch_spark(

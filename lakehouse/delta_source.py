@@ -33,12 +33,13 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pds
+import pyarrow.fs as pafs
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.datasource import DataSource, DataSourceReader, DataSourceStreamReader, InputPartition
 from pyspark.sql.pandas.types import from_arrow_schema, to_arrow_schema
@@ -64,6 +65,7 @@ DEFAULT_CHANGE_TYPES = "insert,update_postimage"
 DEFAULT_NUM_PARTITIONS = 8
 _BATCH_ROWS = 65_536
 _NO_CDF = "does not have change data enabled"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -161,11 +163,48 @@ def _file_paths(table) -> dict[str, int]:
     return dict(zip(actions.column("path").to_pylist(), actions.column("size_bytes").to_pylist(), strict=True))
 
 
-def _commit_timestamp(table, version: int) -> datetime:
-    for entry in table.history(2):
-        if entry.get("version") == version:
-            return datetime.fromtimestamp(entry["timestamp"] / 1000, tz=UTC)
-    raise ValueError(f"{NAME}: no commit info for version {version}")
+# Commit times come from the commit files themselves, never from ``DeltaTable.history()``: delta-rs 1.6.6 numbers
+# the history of a table opened at an older version down from that version while listing the latest commits.
+
+
+def _log_fs(uri: str, opts: dict[str, str] | None) -> pafs.FileSystem:
+    """The table's object store (local or ``s3://``, with ``opts``), paths relative to the table root."""
+    from deltalake.fs import DeltaStorageHandler
+
+    return pafs.PyFileSystem(DeltaStorageHandler(uri, opts))
+
+
+def _commit_file(version: int) -> str:
+    return f"_delta_log/{version:020d}.json"
+
+
+def _commit_mtime_ms(uri: str, opts: dict[str, str] | None, version: int) -> int | None:
+    """When commit ``version``'s file was written, in epoch milliseconds (what delta-rs resolves a timestamp to a
+    version by); None if the log no longer has the file."""
+    info = _log_fs(uri, opts).get_file_info(_commit_file(version))
+    if info.type != pafs.FileType.File or info.mtime_ns is None:
+        return None
+    return info.mtime_ns // 1_000_000
+
+
+def _commit_timestamp(uri: str, opts: dict[str, str] | None, version: int) -> datetime:
+    """The commit's own timestamp (``commitInfo.inCommitTimestamp``, else ``commitInfo.timestamp``: what delta-rs'
+    change data feed reports as ``_commit_timestamp``), else its file's modification time."""
+    try:
+        with _log_fs(uri, opts).open_input_stream(_commit_file(version)) as f:
+            lines = f.read().decode().splitlines()
+    except FileNotFoundError:
+        raise ValueError(f"{NAME}: no commit file for version {version} of {uri!r}") from None
+    for line in lines:
+        info = json.loads(line).get("commitInfo") if line.strip() else None
+        if info is not None:
+            millis = next((info[k] for k in ("inCommitTimestamp", "timestamp") if info.get(k) is not None), None)
+            if millis is not None:
+                return datetime.fromtimestamp(millis / 1000, tz=UTC)
+    millis = _commit_mtime_ms(uri, opts, version)
+    if millis is None:
+        raise ValueError(f"{NAME}: no commit info for version {version} of {uri!r}")
+    return datetime.fromtimestamp(millis / 1000, tz=UTC)
 
 
 # ---------------------------------------------------------------------------------------------- source
@@ -207,10 +246,17 @@ def _batch_version(table, options) -> int:
         return table.version()
     ts = datetime.fromisoformat(raw)
     ts = ts if ts.tzinfo else ts.replace(tzinfo=UTC)
-    table.load_as_version(ts)
+    table.load_as_version(ts)  # the last version whose commit file is at most ``ts`` old, else the oldest kept
     version = table.version()
-    if version == 0 and _commit_timestamp(table, 0) > ts:
-        raise ValueError(f"{NAME}: timestampAsOf {raw} is before the first commit of {table.table_uri!r}")
+    # delta-rs resolves a timestamp before the oldest kept commit to that commit: refuse instead (comparing
+    # file modification times in milliseconds, as delta-rs does)
+    written = _commit_mtime_ms(_uri(options), _storage(options), version)
+    if written is not None and (ts - _EPOCH) // timedelta(milliseconds=1) < written:
+        first = datetime.fromtimestamp(written / 1000, tz=UTC).isoformat()
+        raise ValueError(
+            f"{NAME}: timestampAsOf {raw} is before the first commit of {table.table_uri!r} "
+            f"(the oldest version kept, {version}, was written {first})"
+        )
     return version
 
 
@@ -319,7 +365,7 @@ def _commit_diff(uri: str, opts: dict[str, str] | None, version: int, types: set
     now = _open(uri, opts, version=version)
     before = _open(uri, opts, version=version - 1) if version > 0 else None
     now_files, before_files = set(_file_paths(now)), set(_file_paths(before)) if before else set()
-    ts = pa.scalar(_commit_timestamp(now, version), pa.timestamp("us", tz="UTC"))
+    ts = pa.scalar(_commit_timestamp(uri, opts, version), pa.timestamp("us", tz="UTC"))
     sides = (("insert", now, now_files - before_files), ("delete", before, before_files - now_files))
     for change, table, paths in sides:
         if change not in types or not paths:

@@ -1,4 +1,9 @@
-"""``make stream``: synthetic traffic into the event log and the streaming pipeline out of it, until Ctrl-C."""
+"""``make stream``: synthetic traffic into the event log and the streaming pipeline out of it, until Ctrl-C.
+
+The pipeline is every stage's queries in one Spark application: bronze (event log → bronze Delta), silver
+(bronze → silver) and gold (silver → gold). ``--available-now`` runs the stages one after the other over what
+the log holds, then exits (a catch-up or a test run).
+"""
 
 from __future__ import annotations
 
@@ -17,7 +22,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-traffic", action="store_true", help="only run the pipeline")
     parser.add_argument("--rate", type=float, default=None, help="transactions per second of the traffic")
     parser.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
-    parser.add_argument("--available-now", action="store_true", help="process what the log holds, then exit")
+    parser.add_argument(
+        "--available-now", action="store_true", help="process what the log holds through every stage, then exit"
+    )
     args = parser.parse_args(argv)
     settings = get_settings()
     traffic = None
@@ -29,9 +36,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"traffic: {rate:.0f} transactions/s + market ticks (pid {traffic.pid})", file=sys.stderr)
     spark = get_spark(settings, "fraud-lakehouse-stream")
     from bronze import job as bronze_job
+    from gold import job as gold_job
+    from silver import job as silver_job
 
-    trigger = {"availableNow": True} if args.available_now else None
-    queries = bronze_job.start(spark, settings, trigger=trigger)
+    stages = (bronze_job.start, silver_job.start, gold_job.start)
+    if args.available_now:
+        for stage in stages:
+            for q in stage(spark, settings, trigger={"availableNow": True}):
+                q.awaitTermination()
+        spark.stop()
+        return 0
+    queries = [q for stage in stages for q in stage(spark, settings)]
     print(
         f"pipeline: {len(queries)} streaming queries running; tables under {settings.lakehouse.root}; Ctrl-C stops",
         file=sys.stderr,

@@ -266,6 +266,8 @@ class TransactionsBatch(SilverWriter):
                 batch_id=batch_id,
             )
         early = self._earlier_labels(inserted)
+        if labels.num_rows and early.num_rows:  # this batch's labels are in silver.labels already
+            early = early.filter(pc.invert(pc.is_in(early["transaction_id"], labels["transaction_id"])))
         todo = (
             pa.concat_tables([t.select(early.column_names) for t in (labels, early) if t.num_rows])
             if (labels.num_rows or early.num_rows)

@@ -135,6 +135,59 @@ def test_batch_read_time_travel(spark, settings, tmp_path):
         read_delta(spark, settings, uri, timestamp=datetime(2000, 1, 1, tzinfo=UTC))
 
 
+def commit_times(uri) -> dict[int, datetime]:
+    """Each version's ``commitInfo.timestamp`` (the latest table's history numbers its versions right)."""
+    return {h["version"]: datetime.fromtimestamp(h["timestamp"] / 1000, tz=UTC) for h in DeltaTable(uri).history()}
+
+
+def test_timestamp_as_of_between_commits_reads_the_earlier_version(spark, settings, tmp_path):
+    uri = str(tmp_path / "t")
+    append(uri, range(0, 3))
+    time.sleep(0.3)
+    append(uri, range(3, 6))
+    time.sleep(0.3)
+    append(uri, range(6, 9))
+    commits = commit_times(uri)
+    assert sorted(commits) == [0, 1, 2]
+
+    def ids_at(ts: datetime) -> list[int]:
+        return sorted(r.id for r in read_delta(spark, settings, uri, timestamp=ts).collect())
+
+    # strictly between versions 0 and 1 (delta-rs 1.6.6's history() on version 0 used to make this "before the
+    # first commit"), then between 1 and 2, then after the last commit
+    assert ids_at(commits[0] + (commits[1] - commits[0]) / 2) == [0, 1, 2]
+    assert ids_at(commits[1] + (commits[2] - commits[1]) / 2) == list(range(6))
+    assert ids_at(commits[2] + timedelta(seconds=5)) == list(range(9))
+    with pytest.raises(Exception, match="before the first commit"):
+        ids_at(commits[0] - timedelta(seconds=1))
+
+
+@pytest.mark.parametrize("change_data_feed", [False, True], ids=["file-actions", "change-data-feed"])
+def test_stream_commit_timestamps_are_the_commits(spark, settings, tmp_path, change_data_feed):
+    uri = str(tmp_path / "t")
+    # commits more than a second apart, so a timestamp taken from the wrong commit cannot pass
+    append(uri, range(0, 3))  # version 0: rows, no change data feed (read from its file actions)
+    if change_data_feed:
+        time.sleep(1.1)
+        DeltaTable(uri).alter.set_table_properties({"delta.enableChangeDataFeed": "true"})  # version 1: no rows
+    for start in (3, 6):
+        time.sleep(1.1)
+        append(uri, range(start, start + 3))
+    commits = commit_times(uri)
+    assert len(commits) == (4 if change_data_feed else 3)
+
+    batches = run_available(spark, settings, uri, str(tmp_path / "ckpt"))
+    # collected timestamps are naive local times: astimezone reads them so
+    got = sorted((r["_commit_version"], r["_commit_timestamp"].astimezone(UTC), r["id"]) for _, b in batches for r in b)
+    assert sorted(i for *_, i in got) == list(range(9))
+    data_versions = sorted(commits)[-2:]
+    assert {v for v, *_ in got} == {0, *data_versions}
+    stamps = [ts for _, ts, _ in got]
+    assert stamps == sorted(stamps)  # non-decreasing with the version
+    for version, ts, _ in got:
+        assert abs(ts - commits[version]) < timedelta(seconds=1), (version, ts, commits[version])
+
+
 def test_batch_dataframe_keeps_its_snapshot(spark, settings, tmp_path):
     uri = str(tmp_path / "t")
     append(uri, range(3))

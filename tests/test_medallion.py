@@ -1,0 +1,136 @@
+"""The whole medallion on real services: event log → bronze → silver → gold, run as `make stream` runs it.
+
+Two passes of ``python -m lakehouse.pipeline --available-now`` (a real process each) over generated traffic; the
+second pass adds repeats of recent transactions, one event beyond the allowed lateness and malformed records.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+
+import duckdb
+import pytest
+
+from lakehouse import delta, eventlog
+from lakehouse.config import Settings
+from lakehouse.maintenance import as_of
+
+START = "2026-03-02T08:00:00Z"
+
+
+@pytest.fixture(scope="module")
+def medallion(stack, tmp_path_factory):
+    """Settings (and the matching environment) of an isolated lakehouse: own topics, tables and checkpoints."""
+    root = tmp_path_factory.mktemp("medallion")
+    env = {
+        "LAKEHOUSE__LAKEHOUSE__ROOT": str(root / "lakehouse"),
+        "LAKEHOUSE__SPARK__CHECKPOINT_ROOT": str(root / "checkpoints"),
+        "LAKEHOUSE__STREAMING__ALLOWED_LATENESS_S": "600",
+    }
+    for attr in ("transactions", "labels", "market_ticks"):
+        env[f"LAKEHOUSE__EVENTLOG__TOPICS__{attr.upper()}__NAME"] = f"medallion-{attr}"
+    os.environ.update(env)
+    try:
+        settings = Settings()
+    finally:
+        for key in env:
+            os.environ.pop(key)
+    log = eventlog.from_settings(settings)
+    eventlog.ensure_topics(log, settings)
+    yield settings, {**os.environ, **env}, log
+    log.close()
+
+
+def run(env: dict, *args: str, timeout: int = 900) -> str:
+    done = subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return done.stderr
+
+
+def table(settings: Settings, layer: str, name: str, version: int | None = None):
+    return delta.read_arrow(settings, settings.table_uri(layer, name), version)
+
+
+def dropped(settings: Settings) -> Counter:
+    """Transactions silver counted but did not insert, by why."""
+    out = Counter()
+    for s in table(settings, "silver", "stream_batches").to_pylist():
+        if s["query"] == "silver.transactions":
+            out.update(
+                duplicate=s["duplicates_in_batch"] + s["duplicates_seen_before"],
+                late=s["late"],
+                quarantined=s["quarantined"],
+            )
+    return +out
+
+
+def test_medallion_end_to_end(medallion):
+    settings, env, log = medallion
+    topic = settings.eventlog.topics.transactions.name
+    run(env, "-m", "lakehouse.traffic", "generate", "--rate", "1.5", "--start", START, "--days", "0.07",
+        "--speedup", "0", "--label-delay-days", "0.005", "--with-market", "--seed", "11")  # fmt: skip
+    first = run(env, "-m", "lakehouse.pipeline", "--no-traffic", "--available-now")
+    assert "[silver.transactions] batch 0" in first and "[gold.transactions] batch 0" in first
+
+    silver_v1 = table(settings, "silver", "transactions")
+    ids = silver_v1.column("transaction_id").to_pylist()
+    assert len(ids) == len(set(ids)) > 1000
+    dropped_v1 = dropped(settings)
+    # repeats of the 25 most recent transactions (within the watermark), one transaction 40 min older than the
+    # newest (beyond the 10 min allowed lateness) and two malformed records
+    raw = [r for p, end in log.end_offsets(topic).items() for r in log.read(topic, p, 0, end)]
+    events = sorted((json.loads(r.value) for r in raw), key=lambda e: e["event_time"])
+    repeats = events[-25:]
+    late = {**events[-1], "transaction_id": "late-one", "event_time": events[-1]["event_time"] - 40 * 60_000}
+    log.produce_batch(topic, [(e["card_id"], json.dumps(e).encode()) for e in [*repeats, late]])
+    log.produce_batch(topic, [(b"x", b"{broken"), (b"x", b'{"transaction_id": "no-fields"}')])
+    second = run(env, "-m", "lakehouse.pipeline", "--no-traffic", "--available-now")
+    assert "late" in second
+
+    silver = table(settings, "silver", "transactions")
+    ids = silver.column("transaction_id").to_pylist()
+    assert len(ids) == len(set(ids)) == silver_v1.num_rows  # no repeat inserted, the late one not either
+    assert dropped(settings) - dropped_v1 == Counter({"duplicate": 25, "late": 1})
+    late_rows = table(settings, "silver", "late_events").to_pylist()
+    assert [(r["event_id"], r["reason"]) for r in late_rows] == [("late-one", "beyond_allowed_lateness")]
+    assert late_rows[0]["lateness_s"] > 1000
+    dead = table(settings, "bronze", "dead_letter").to_pylist()
+    assert Counter(d["reason"] for d in dead) == Counter({"malformed_json": 1, "schema_required": 1})
+
+    # every bronze transaction is in silver exactly once (bronze holds the repeats and the late one too)
+    bronze_rows = table(settings, "bronze", "transactions").num_rows
+    assert bronze_rows == silver.num_rows + sum(dropped(settings).values())
+
+    # labels: every label whose transaction is in silver was merged in, with when it became known
+    labels = {r["transaction_id"]: r for r in table(settings, "silver", "labels").to_pylist()}
+    labelled = {r["transaction_id"]: r for r in silver.to_pylist() if r["label"] is not None}
+    assert labelled and set(labelled) == set(labels) & set(ids)
+    assert all(r["labeled_at"] is not None and r["label"] == labels[t]["label"] for t, r in labelled.items())
+    # enrichment from the reference tables
+    assert all(r["mcc_category"] for r in silver.to_pylist())
+
+    # time travel: the version before the label MERGE holds the same transactions without labels
+    history = delta.history(settings, settings.table_uri("silver", "transactions"))
+    first_insert = min(h["version"] for h in history if h.get("operation") == "MERGE")
+    before = as_of(settings, settings.table_uri("silver", "transactions"), version=first_insert)
+    assert before.num_rows > 0 and before.column("label").null_count == before.num_rows
+
+    # gold equals an independent computation over silver (DuckDB over Arrow)
+    gold = {r["event_date"]: r for r in table(settings, "gold", "fraud_summary_daily").to_pylist()}
+    expected = duckdb.sql(
+        "SELECT event_date, count(*) n, sum(amount) amt, count(*) FILTER (WHERE label = 'fraud') f, "
+        "coalesce(sum(amount) FILTER (WHERE label = 'fraud'), 0) famt FROM silver GROUP BY 1"
+    ).fetchall()
+    assert len(gold) == len(expected) > 0
+    for day, n, amt, f, famt in expected:
+        g = gold[day]
+        assert (g["total_count"], g["fraud_count"]) == (n, f)
+        assert g["total_amount"] == pytest.approx(amt) and g["fraud_amount"] == pytest.approx(famt)
+    cards = table(settings, "gold", "card_daily")
+    assert sum(cards.column("txn_count").to_pylist()) == silver.num_rows
+    market = table(settings, "gold", "market_risk_daily").to_pylist()
+    assert market and all(m["low"] <= m["open"] <= m["high"] and m["tick_count"] > 1 for m in market)
