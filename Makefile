@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 export PYSPARK_PYTHON := $(abspath $(PY))
 export PYSPARK_DRIVER_PYTHON := $(abspath $(PY))
 
-.PHONY: install up down status stream traffic test test-unit lint format clean-state bench optimize
+.PHONY: install up down status stream traffic test test-unit lint format clean-state bench optimize backfill reference
 
 install: $(VENV)/.installed  ## create the venv and install the project, its dev extras and redis-server
 
@@ -49,6 +49,13 @@ test: install lint  ## the whole suite against the real services (the test profi
 
 test-unit: install  ## only the fast tests that need no service
 	LAKEHOUSE_PROFILE=test $(PY) -m pytest -ra -m "not stack" $(PYTEST_ARGS)
+
+backfill: up  ## re-run silver and gold from bronze for event dates FROM..TO (e.g. make backfill FROM=2026-03-01 TO=2026-03-07)
+	@test -n "$(FROM)" -a -n "$(TO)" || { echo "usage: make backfill FROM=YYYY-MM-DD TO=YYYY-MM-DD"; exit 2; }
+	$(PY) -m lakehouse.backfill --from $(FROM) --to $(TO)
+
+reference: up  ## load conf/reference/*.csv into the silver reference tables (upsert)
+	$(PY) -m silver.reference load
 
 clean-state: down  ## delete all local data (tables, checkpoints, event log, MLflow artifacts)
 	rm -rf .state

@@ -1,7 +1,8 @@
 """``make bench``: throughput and memory of the parts built so far, printed and written to bench/results/.
 
 Measures, on the current profile's stack: traffic generation, contract validation, event-log produce and
-read, and the bronze stream (event log → Spark → Delta) end to end.
+read, the bronze stream (event log → Spark → Delta) end to end, and the whole pipeline process (event log →
+bronze → silver) for sustained throughput and event-time-to-silver latency (bench/medallion.py).
 """
 
 from __future__ import annotations
@@ -68,15 +69,22 @@ def _rss_kb(pid: int) -> int:
 def timed(label: str, n: int, fn) -> dict:
     t0 = time.perf_counter()
     fn()
-    dt = time.perf_counter() - t0
-    row = {"what": label, "events": n, "seconds": round(dt, 3), "events_per_s": round(n / dt)}
+    return report(label, n, time.perf_counter() - t0)
+
+
+def report(label: str, n: int, dt: float) -> dict:
+    """One throughput figure, printed and returned as a result row."""
     print(f"  {label:<44} {n:>9} events {dt:>8.2f} s {n / dt:>12,.0f} events/s", flush=True)
-    return row
+    return {"what": label, "events": n, "seconds": round(dt, 3), "events_per_s": round(n / dt)}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--medallion-events", type=int, default=200_000, help="backlog drained through silver")
+    parser.add_argument("--live-rate", type=float, default=2000, help="live transactions/s for the latency figure")
+    parser.add_argument("--live-seconds", type=float, default=60)
+    parser.add_argument("--max-records-per-trigger", type=int, default=50_000)
     args = parser.parse_args(argv)
     settings = get_settings()
     n = args.events
@@ -129,6 +137,13 @@ def main(argv: list[str] | None = None) -> int:
     shutil.rmtree(checkpoint_dir(settings, name), ignore_errors=True)
     if "://" not in uri:
         shutil.rmtree(uri, ignore_errors=True)
+    print("medallion (the pipeline process, event log -> bronze -> silver):", flush=True)
+    from bench import medallion
+
+    medallion_rows, latency = medallion.run(
+        settings, args.medallion_events, args.live_rate, args.live_seconds, args.max_records_per_trigger
+    )
+    rows += medallion_rows
     memory = {"bench_process_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
     memory |= {f"{name}_rss_mb": rss for name, rss in service_rss_mb(settings).items()}
     log.delete_topic(topic)
@@ -138,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         "profile": settings.profile,
         "machine": machine(),
         "throughput": rows,
+        "silver_latency": latency,
         "memory": memory,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -36,8 +36,9 @@ def outputs_for(settings: Settings, table: str, kind: str):
 
 
 def start(
-    spark: SparkSession, settings: Settings, trigger: dict | None = None, max_records_per_trigger: int | None = 20000
+    spark: SparkSession, settings: Settings, trigger: dict | None = None, max_records_per_trigger: int | None = None
 ) -> list[StreamingQuery]:
+    max_records_per_trigger = max_records_per_trigger or settings.streaming.max_records_per_trigger
     queries = []
     for topic_attr, (table, kind) in BRONZE_TABLES.items():
         topic = getattr(settings.eventlog.topics, topic_attr).name

@@ -13,7 +13,6 @@ compacted rows again. ``vacuum`` deletes files no version younger than ``lakehou
 from __future__ import annotations
 
 import argparse
-import importlib
 import math
 import re
 import sys
@@ -31,7 +30,7 @@ from deltalake.exceptions import CommitFailedError
 from lakehouse.config import Settings, get_settings
 from lakehouse.delta import open_table, table_exists
 from lakehouse.storage import s3_client
-from lakehouse.tables import CATALOG, TableSpec
+from lakehouse.tables import TableSpec, load_catalog
 
 # defaults of the Delta protocol when a table does not set the property
 _DEFAULT_FILE_RETENTION = timedelta(days=7)
@@ -396,19 +395,6 @@ def _name_uri(settings: Settings, spec_or_uri: TableSpec | str) -> tuple[str, st
 
 
 # ---------------------------------------------------------------------------------------------- CLI
-
-
-def load_catalog() -> dict[str, TableSpec]:
-    """Every registered table: the core catalog plus the layers' table modules that exist."""
-    for module in ("silver.tables", "gold.tables"):
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as e:
-            if e.name != module and not module.startswith(f"{e.name}."):
-                print(f"warning: {module} not loaded: {e}", file=sys.stderr)
-        except Exception as e:  # a layer being edited must not stop maintenance of the others
-            print(f"warning: {module} not loaded: {e!r}", file=sys.stderr)
-    return CATALOG
 
 
 def _size(n: int | None) -> str:

@@ -136,3 +136,52 @@ register(
         "Every event that failed parsing or its contract: raw bytes, reason, source offset, time.",
     )
 )
+
+
+def load_catalog() -> dict[str, TableSpec]:
+    """Every table of every stage (importing a stage's ``tables`` module registers its tables)."""
+    import importlib
+
+    for module in ("lakehouse.quality", "silver.tables", "silver.reference", "gold.tables"):
+        importlib.import_module(module)
+    return CATALOG
+
+
+def markdown() -> str:
+    """The catalog as Markdown (the generated part of docs/tables.md)."""
+    out = []
+    for name, spec in sorted(load_catalog().items(), key=lambda kv: (_LAYERS.index(kv[1].layer), kv[0])):
+        part = f" — partitioned by `{', '.join(spec.partition_by)}`" if spec.partition_by else ""
+        cdf = " Change data feed on." if spec.change_data_feed else ""
+        out += [f"### {name}{part}", f"{spec.description}{cdf}", "", "| column | type |", "|---|---|"]
+        out += [f"| {f.name} | {_type(f.type)} |" for f in spec.schema]
+        out.append("")
+    return "\n".join(out)
+
+
+_LAYERS = ["bronze", "silver", "quality", "gold"]
+
+
+def _type(t: pa.DataType) -> str:
+    if t == TS:
+        return "timestamp (UTC)"
+    return {"int32": "int", "int64": "long", "date32[day]": "date"}.get(str(t), str(t))
+
+
+DOC_BEGIN, DOC_END = "<!-- catalog:begin (python -m lakehouse.tables) -->", "<!-- catalog:end -->"
+
+
+def main() -> None:
+    """Rewrite the generated part of docs/tables.md from the catalog."""
+    from lakehouse import PROJECT_ROOT
+    from lakehouse import tables  # not __main__'s copy of this module: the stages register into that one
+
+    path = PROJECT_ROOT / "docs" / "tables.md"
+    text = path.read_text()
+    head, _, rest = text.partition(DOC_BEGIN)
+    _, _, tail = rest.partition(DOC_END)
+    path.write_text(f"{head}{DOC_BEGIN}\n{tables.markdown()}\n{DOC_END}{tail}")
+
+
+if __name__ == "__main__":
+    main()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
@@ -96,6 +97,16 @@ class BatchReport:
     labels_in: int = 0
     labels_applied: int = 0
     max_event_time: datetime | None = None
+    phases: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def phase(self, name: str):
+        """Time a part of the batch (shown in the progress line)."""
+        t0 = time.monotonic()
+        try:
+            yield
+        finally:
+            self.phases[name] = self.phases.get(name, 0.0) + time.monotonic() - t0
 
 
 class SilverWriter:
@@ -131,6 +142,7 @@ class SilverWriter:
             lambda m: m.when_not_matched_insert_all(),
             app_id=self.app("insert"),
             batch_id=batch_id,
+            merge_schema=True,  # a field a newer contract version added becomes a new column
         )
         return None if metrics is None else metrics["num_target_rows_inserted"]
 
@@ -157,7 +169,7 @@ class SilverWriter:
         row = {
             "query": self.query,
             "batch_id": batch_id,
-            **{k: v for k, v in vars(report).items()},
+            **{k: v for k, v in vars(report).items() if k != "phases"},
             "watermark": new_watermark,
             "processed_at": now,
             "duration_s": time.monotonic() - t0,
@@ -170,7 +182,8 @@ class SilverWriter:
             f"[{self.query}] batch {batch_id}: {report.rows_in} in, {report.inserted} inserted, "
             f"{report.duplicates_in_batch + report.duplicates_seen_before} duplicates, {report.late} late, "
             f"{report.quarantined} quarantined, {report.labels_applied}/{report.labels_in} labels applied; "
-            f"watermark {new_watermark:%Y-%m-%d %H:%M:%S} in {time.monotonic() - t0:.2f} s"
+            f"watermark {new_watermark:%Y-%m-%d %H:%M:%S} in {time.monotonic() - t0:.2f} s "
+            f"({', '.join(f'{k} {v:.2f}' for k, v in report.phases.items())})"
             if new_watermark
             else f"[{self.query}] batch {batch_id}: empty",
             file=sys.stderr,
@@ -211,39 +224,46 @@ class TransactionsBatch(SilverWriter):
         tx = parse_events(batch.where(F.col("kind") == "transaction"), "transaction")
         classified = classify(tx, ["transaction_id"], watermark).persist()
         try:
-            report.rows_in, report.duplicates_in_batch, report.max_event_time = _summary(classified, "event_time")
-            refs = self.refs.frames()
-            new = enrich(
-                classified.where(F.col("silver_status") == "new").drop("silver_status", "payload"),
-                refs["mcc"],
-                refs["countries"],
-                refs["merchants"],
-                refs["terminals"],
-                refs["devices"],
-            ).toArrow()
-            late = late_events(classified, "transaction", F.col("transaction_id"), watermark).toArrow()
+            with report.phase("read+classify"):
+                report.rows_in, report.duplicates_in_batch, report.max_event_time = _summary(classified, "event_time")
+            with report.phase("refs"):
+                refs = self.refs.frames()
+            with report.phase("enrich"):
+                new = enrich(
+                    classified.where(F.col("silver_status") == "new").drop("silver_status", "payload"),
+                    refs["mcc"],
+                    refs["countries"],
+                    refs["merchants"],
+                    refs["terminals"],
+                    refs["devices"],
+                ).toArrow()
+                late = late_events(classified, "transaction", F.col("transaction_id"), watermark).toArrow()
         finally:
             classified.unpersist()
-        labels = latest_labels(parse_events(batch.where(F.col("kind") == "label"), "label")).toArrow()
+        with report.phase("labels"):
+            labels = latest_labels(parse_events(batch.where(F.col("kind") == "label"), "label")).toArrow()
 
-        checked = quality.run(self.suite, new, datetime.now(UTC))
-        quality.record(
-            self.settings,
-            checked,
-            suite=self.suite.name,
-            table_name=TX_QUERY,
-            app_id=self.app("quality"),
-            batch_id=batch_id,
-        )
+        with report.phase("quality"):
+            checked = quality.run(self.suite, new, datetime.now(UTC))
+            quality.record(
+                self.settings,
+                checked,
+                suite=self.suite.name,
+                table_name=TX_QUERY,
+                app_id=self.app("quality"),
+                batch_id=batch_id,
+            )
         report.quarantined = checked.quarantined.num_rows
-        rows = conform(checked.passed, TRANSACTIONS, processed_at=now_array(checked.passed.num_rows))
-        inserted = self.insert_new(TRANSACTIONS, rows, ["transaction_id"], batch_id)
+        with report.phase("merge"):
+            rows = conform(checked.passed, TRANSACTIONS, processed_at=now_array(checked.passed.num_rows))
+            inserted = self.insert_new(TRANSACTIONS, rows, ["transaction_id"], batch_id)
         report.inserted = rows.num_rows if inserted is None else inserted
         report.duplicates_seen_before = rows.num_rows - report.inserted
         report.late = late.num_rows
         self.append(LATE_EVENTS, conform(late, LATE_EVENTS), "late", batch_id)
         report.labels_in = labels.num_rows
-        report.labels_applied = self._labels(labels, rows, batch_id)
+        with report.phase("label-merge"):
+            report.labels_applied = self._labels(labels, rows, batch_id)
         return report
 
     def _labels(self, labels: pa.Table, inserted: pa.Table, batch_id: int) -> int:

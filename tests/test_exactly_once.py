@@ -1,0 +1,303 @@
+"""Exactly-once through crashes: the continuous pipeline (a real process) is SIGKILLed mid-stream, twice.
+
+A fixed amount of traffic (with malformed records and producer-side repeats) is put into the event log first;
+``python -m lakehouse.pipeline --no-traffic`` then runs with small micro-batches and is killed (its whole process
+group: the Python driver, Spark's JVM and its Python workers) once when silver holds some but not all of the
+transactions and again when it holds about half, then restarted and run until every query has committed a batch
+ending at its source's end. Every log record must then be in bronze (or the dead letter) exactly once, silver
+must hold every transaction, label and tick exactly once, and gold must agree with silver.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from lakehouse import delta, eventlog
+from lakehouse.config import Settings
+
+START = "2026-03-02T23:00:00Z"  # ~2 h of event time across midnight: two event dates
+TOPICS = {"transactions": "eo-transactions", "labels": "eo-labels", "market_ticks": "eo-market-ticks"}
+BRONZE_QUERIES = {
+    "transactions": "bronze.transactions",
+    "labels": "bronze.labels",
+    "market_ticks": "bronze.market_ticks",
+}
+# query -> the tables its sources read, in the order of the sources in the query's plan
+DOWNSTREAM = {
+    "silver.transactions": [("bronze", "transactions"), ("bronze", "labels")],
+    "silver.market_ticks": [("bronze", "market_ticks")],
+    "gold.transactions": [("silver", "transactions")],
+    "gold.market": [("silver", "market_ticks")],
+}
+# A streaming Python data source's planner is a Python process Spark gives a hard-coded 10 s to connect back;
+# on a starved CPU it may not, and the query (so the pipeline) fails. That is one more crash to recover from.
+TRANSIENT = "Python worker failed to connect back"
+MAX_TRANSIENT_RESTARTS = 4
+
+
+@pytest.fixture(scope="module")
+def lakehouse(stack, tmp_path_factory):
+    """Settings and environment of an isolated lakehouse: own topics, tables, checkpoints, small micro-batches."""
+    root = tmp_path_factory.mktemp("exactly_once")
+    env = {
+        "LAKEHOUSE__LAKEHOUSE__ROOT": str(root / "lakehouse"),
+        "LAKEHOUSE__SPARK__CHECKPOINT_ROOT": str(root / "checkpoints"),
+        "LAKEHOUSE__STREAMING__MAX_RECORDS_PER_TRIGGER": "300",
+        "LAKEHOUSE__STREAMING__TRIGGER_SECONDS": "0.5",
+        "LAKEHOUSE__STREAMING__GOLD_TRIGGER_SECONDS": "1",
+        # nothing is late here (lateness is test_medallion's business): every transaction must reach silver
+        "LAKEHOUSE__STREAMING__ALLOWED_LATENESS_S": str(30 * 86400),
+        "LAKEHOUSE__TRAFFIC__MARKET_RATE": "0.05",
+    }
+    for attr, name in TOPICS.items():
+        env[f"LAKEHOUSE__EVENTLOG__TOPICS__{attr.upper()}__NAME"] = name
+    os.environ.update(env)
+    try:
+        settings = Settings()
+    finally:
+        for key in env:
+            os.environ.pop(key)
+    log = eventlog.from_settings(settings)
+    eventlog.ensure_topics(log, settings)
+    yield settings, {**os.environ, **env}, log, root
+    log.close()
+
+
+class Pipeline:
+    """``python -m lakehouse.pipeline --no-traffic`` in its own session, so one SIGKILL takes its process group."""
+
+    def __init__(self, env: dict, root: Path):
+        self.env, self.root = env, root
+        self.proc: subprocess.Popen | None = None
+        self.runs: list[Path] = []
+        self.transient_restarts = 0
+
+    def start(self) -> None:
+        path = self.root / f"pipeline-{len(self.runs)}.log"
+        self.runs.append(path)
+        with open(path, "wb") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "lakehouse.pipeline", "--no-traffic", "--duration", "1200"],
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                start_new_session=True,
+            )
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group, then any process of this lakehouse that left the group."""
+        if self.proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=60)
+        self.proc = None
+        # Spark's Python worker daemon makes its own process group; its workers only read, but kill them too
+        marker = f"LAKEHOUSE__LAKEHOUSE__ROOT={self.env['LAKEHOUSE__LAKEHOUSE__ROOT']}".encode()
+        for proc in Path("/proc").glob("[0-9]*"):
+            try:
+                if marker in (proc / "environ").read_bytes().split(b"\0"):
+                    os.kill(int(proc.name), signal.SIGKILL)
+            except (OSError, ValueError):
+                pass
+
+    def log_tail(self, n: int = 6000) -> str:
+        return self.runs[-1].read_text(errors="replace")[-n:] if self.runs else ""
+
+    def check(self) -> None:
+        """Fail if the pipeline exited, unless for the transient worker start-up timeout: then restart it."""
+        if self.proc is None or self.proc.poll() is None:
+            return
+        tail = self.log_tail(20000)
+        if TRANSIENT in tail and self.transient_restarts < MAX_TRANSIENT_RESTARTS:
+            self.transient_restarts += 1
+            self.kill()
+            self.start()
+            return
+        pytest.fail(f"pipeline exited with {self.proc.returncode}:\n{tail[-6000:]}")
+
+    def wait_for(self, what: str, condition, timeout: float, every: float = 0.2):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.check()
+            value = condition()
+            if value:
+                return value
+            time.sleep(every)
+        pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}; pipeline log:\n{self.log_tail()}")
+
+
+def count(settings: Settings, layer: str, name: str) -> int:
+    uri = settings.table_uri(layer, name)
+    if not delta.table_exists(settings, uri):
+        return 0
+    return delta.open_table(settings, uri).to_pyarrow_dataset().count_rows()
+
+
+def version(settings: Settings, layer: str, name: str) -> int | None:
+    uri = settings.table_uri(layer, name)
+    return delta.open_table(settings, uri).version() if delta.table_exists(settings, uri) else None
+
+
+def table(settings: Settings, layer: str, name: str):
+    return delta.read_arrow(settings, settings.table_uri(layer, name))
+
+
+def last_batch(settings: Settings, query: str) -> list[dict] | None:
+    """End offsets (one dict per source) of the query's last batch, if that batch is committed."""
+    root = Path(settings.path(settings.spark.checkpoint_root)) / query
+    ids = [int(p.name) for p in (root / "offsets").glob("[0-9]*")] if (root / "offsets").exists() else []
+    if not ids or not (root / "commits" / str(max(ids))).exists():
+        return None
+    lines = (root / "offsets" / str(max(ids))).read_text().splitlines()
+    return [json.loads(line) for line in lines[2:]]
+
+
+def drained(settings: Settings, log) -> bool:
+    """Every query has committed a batch ending at its sources' current ends (log end offsets, table versions)."""
+    for attr, query in BRONZE_QUERIES.items():
+        ends = {str(p): e for p, e in log.end_offsets(TOPICS[attr]).items()}
+        if last_batch(settings, query) != [ends]:
+            return False
+    for query, sources in DOWNSTREAM.items():
+        if last_batch(settings, query) != [{"version": version(settings, *s)} for s in sources]:
+            return False
+    return True
+
+
+def produce_traffic(env: dict, settings: Settings, log) -> None:
+    """Generated traffic, malformed records (keys ``bad-*``) and producer repeats of some events."""
+    tx, labels, ticks = TOPICS["transactions"], TOPICS["labels"], TOPICS["market_ticks"]
+
+    def bad(n: int, prefix: str) -> list[tuple[bytes, bytes]]:
+        return [
+            (f"bad-{prefix}-{i}".encode(), b"{broken" if i % 2 else b'{"transaction_id": "no-fields"}')
+            for i in range(n)
+        ]
+
+    log.produce_batch(tx, bad(4, "first"))
+    done = subprocess.run(
+        [sys.executable, "-m", "lakehouse.traffic", "generate", "--rate", "0.4", "--start", START, "--days", "0.08",
+         "--speedup", "0", "--fraud-rate", "0.05", "--label-delay-days", "0.01", "--with-market", "--seed", "7"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-4000:]
+    log.produce_batch(tx, bad(4, "last"))
+    log.produce_batch(labels, bad(2, "label"))
+    log.produce_batch(ticks, bad(2, "tick"))
+    # an at-least-once producer's retries: 40 transactions and 5 labels sent again
+    rng = random.Random(3)
+    for topic, n in ((tx, 40), (labels, 5)):
+        records = [r for r in read_log(log, topic) if not r.key.startswith(b"bad-")]
+        log.produce_batch(topic, [(r.key, r.value) for r in rng.sample(records, n)])
+
+
+def read_log(log, topic: str) -> list:
+    return [r for p, end in log.end_offsets(topic).items() for r in log.read(topic, p, 0, end)]
+
+
+def test_exactly_once_through_crashes(lakehouse):
+    settings, env, log, root = lakehouse
+    t0 = time.monotonic()
+    produce_traffic(env, settings, log)
+    records = {attr: read_log(log, topic) for attr, topic in TOPICS.items()}
+    payloads = {
+        attr: [json.loads(r.value) for r in recs if not r.key.startswith(b"bad-")] for attr, recs in records.items()
+    }
+    tx_ids = {e["transaction_id"] for e in payloads["transactions"]}
+    assert len(payloads["transactions"]) == len(tx_ids) + 40 > 2000
+
+    pipeline = Pipeline(env, root)
+    timings = {"traffic": time.monotonic() - t0}
+    try:
+        pipeline.start()
+        # crash 1: silver holds some, not all, transactions
+        at_first = pipeline.wait_for(
+            "the first silver rows", lambda: count(settings, "silver", "transactions"), timeout=240, every=0.1
+        )
+        pipeline.kill()
+        timings["crash 1"] = time.monotonic() - t0
+        assert 0 < at_first < len(tx_ids)
+        # crash 2: after the restart made progress, at about half the transactions
+        pipeline.start()
+        half = max(at_first + 1, len(tx_ids) // 2)
+        at_second = pipeline.wait_for(
+            "silver to reach half the transactions",
+            lambda: (n := count(settings, "silver", "transactions")) >= half and n,
+            timeout=240,
+            every=0.1,
+        )
+        pipeline.kill()
+        timings["crash 2"] = time.monotonic() - t0
+        # the last run: until every query has caught up with its sources (checked twice, a second apart)
+        pipeline.start()
+        pipeline.wait_for(
+            "every query to drain", lambda: drained(settings, log) and time.sleep(1) is None and drained(settings, log),
+            timeout=300, every=0.5,
+        )  # fmt: skip
+        timings["drained"] = time.monotonic() - t0
+    finally:
+        pipeline.kill()
+    print(f"timings {timings}; silver rows at the crashes {at_first}, {at_second}; runs {len(pipeline.runs)}")
+
+    # bronze: every log record exactly once, in its bronze table or (the bad-* ones) the dead letter
+    dead = table(settings, "bronze", "dead_letter").to_pylist()
+    for attr, topic in TOPICS.items():
+        got = [(r["source_partition"], r["source_offset"]) for r in table(settings, "bronze", attr).to_pylist()]
+        lost = [(d["source_partition"], d["source_offset"]) for d in dead if d["source_topic"] == topic]
+        assert len(got) == len(set(got)) and len(lost) == len(set(lost)), f"{topic}: a record twice in bronze"
+        good = {(r.partition, r.offset) for r in records[attr] if not r.key.startswith(b"bad-")}
+        bad = {(r.partition, r.offset) for r in records[attr] if r.key.startswith(b"bad-")}
+        assert set(got) == good and set(lost) == bad, topic
+    assert Counter(d["reason"] for d in dead) == Counter({"malformed_json": 6, "schema_required": 6})
+
+    # silver.transactions: every transaction exactly once (the repeats counted as duplicates, not inserted)
+    silver = table(settings, "silver", "transactions").to_pylist()
+    ids = [r["transaction_id"] for r in silver]
+    assert len(ids) == len(set(ids)), f"{len(ids) - len(set(ids))} transactions twice in silver"
+    assert set(ids) == tx_ids
+    assert table(settings, "silver", "late_events").num_rows == 0
+    assert table(settings, "silver", "quarantine").num_rows == 0
+    batches = [
+        b for b in table(settings, "silver", "stream_batches").to_pylist() if b["query"] == "silver.transactions"
+    ]
+    assert len({b["batch_id"] for b in batches}) == len(batches)
+    assert sum(b["rows_in"] for b in batches) == len(payloads["transactions"])  # each bronze row in one batch once
+
+    # labels: the latest label of every labelled transaction, in silver.labels and on its transaction
+    latest = {}
+    for e in sorted(payloads["labels"], key=lambda e: e["reported_at"]):
+        latest[e["transaction_id"]] = e["label"]
+    labels = table(settings, "silver", "labels").to_pylist()
+    assert len(labels) == len(latest) > 0
+    assert {r["transaction_id"]: r["label"] for r in labels} == latest
+    assert {r["transaction_id"]: r["label"] for r in silver if r["label"] is not None} == latest
+
+    # market ticks: one row per (symbol, event time)
+    silver_ticks = table(settings, "silver", "market_ticks").to_pylist()
+    ticks = [(r["symbol"], round(r["event_time"].timestamp() * 1000)) for r in silver_ticks]
+    assert len(ticks) == len(set(ticks))
+    assert set(ticks) == {(e["symbol"], e["event_time"]) for e in payloads["market_ticks"]}
+
+    # gold agrees with silver, day by day
+    per_day = Counter(r["event_date"] for r in silver)
+    fraud_per_day = Counter(r["event_date"] for r in silver if r["label"] == "fraud")
+    assert len(per_day) == 2
+    gold = {g["event_date"]: g for g in table(settings, "gold", "fraud_summary_daily").to_pylist()}
+    assert {d: g["total_count"] for d, g in gold.items()} == per_day
+    assert {d: g["fraud_count"] for d, g in gold.items() if g["fraud_count"]} == fraud_per_day
+    assert sum(table(settings, "gold", "card_daily").column("txn_count").to_pylist()) == len(silver)
+    market = table(settings, "gold", "market_risk_daily").column("tick_count").to_pylist()
+    assert sum(market) == len(ticks)
