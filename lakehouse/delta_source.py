@@ -34,7 +34,7 @@ import json
 import math
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -52,8 +52,8 @@ from pyspark.sql.streaming.datasource import (
 )
 from pyspark.sql.types import LongType, StringType, StructField, StructType, TimestampType
 
-from lakehouse.config import Settings
-from lakehouse.storage import storage_options
+if TYPE_CHECKING:  # Spark's Python workers import this module: keep their start-up light (no boto3, pydantic)
+    from lakehouse.config import Settings
 
 NAME = "deltars"
 CDF_FIELDS = (
@@ -446,6 +446,8 @@ class DeltaChangesReader(DataSourceReader):
 
 
 def _options(settings: Settings, uri: str) -> dict[str, str]:
+    from lakehouse.storage import storage_options
+
     opts = storage_options(settings, uri)
     return {"storageOptions": json.dumps(opts)} if opts else {}
 

@@ -16,6 +16,46 @@ import time
 from lakehouse.config import get_settings
 from lakehouse.spark import get_spark
 
+MAX_RESTARTS = 3
+_ACTIVE: list = []  # the running queries, also while a stage is starting (so Ctrl-C can stop them)
+
+
+def start_stages(spark, settings, stages) -> list:
+    """Start the stages in order; each starts once the previous one's queries made their first progress (many
+    queries initialising at once on 2 cores can starve Spark's Python workers past their connect timeout)."""
+    _ACTIVE.clear()
+    for stage in stages:
+        started = stage(spark, settings)
+        _ACTIVE.extend(started)
+        wait_until = time.monotonic() + 120
+        while time.monotonic() < wait_until and any(q.isActive and q.lastProgress is None for q in started):
+            time.sleep(0.5)
+    print(
+        f"pipeline: {len(_ACTIVE)} streaming queries running; tables under {settings.lakehouse.root}; Ctrl-C stops",
+        file=sys.stderr,
+        flush=True,
+    )
+    return list(_ACTIVE)
+
+
+def supervise(queries: list, deadline: float | None):
+    """Wait until the deadline (None: forever) or until a query fails; returns the failed query, if any."""
+    while True:
+        for q in queries:
+            if q.exception() is not None:
+                return q
+        if (deadline is not None and time.monotonic() >= deadline) or not any(q.isActive for q in queries):
+            return None
+        time.sleep(1)
+
+
+def stop_all(queries: list) -> None:
+    for q in queries:
+        try:
+            q.stop()
+        except Exception as exc:  # a failed query may refuse a clean stop; the others must still stop
+            print(f"stopping {q.name}: {exc}", file=sys.stderr)
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lakehouse.pipeline", description=__doc__)
@@ -46,29 +86,27 @@ def main(argv: list[str] | None = None) -> int:
                 q.awaitTermination()
         spark.stop()
         return 0
-    queries = [q for stage in stages for q in stage(spark, settings)]
-    print(
-        f"pipeline: {len(queries)} streaming queries running; tables under {settings.lakehouse.root}; Ctrl-C stops",
-        file=sys.stderr,
-        flush=True,
-    )
     deadline = time.monotonic() + args.duration if args.duration else None
+    restarts = 0
     try:
         while True:
-            for q in queries:
-                if q.exception() is not None:
-                    raise RuntimeError(f"query {q.name} failed: {q.exception()}")
-            if (deadline is not None and time.monotonic() >= deadline) or not any(q.isActive for q in queries):
+            queries = start_stages(spark, settings, stages)
+            failed = supervise(queries, deadline)
+            stop_all(queries)
+            if failed is None:
                 break
-            time.sleep(1)
+            restarts += 1
+            if restarts > MAX_RESTARTS:
+                raise RuntimeError(f"query {failed.name} failed {restarts} times: {failed.exception()}")
+            # every sink is idempotent per batch, so restarting from the checkpoints loses and repeats nothing
+            print(f"query {failed.name} failed ({failed.exception()}); restarting the pipeline", file=sys.stderr)
     except KeyboardInterrupt:
         print("stopping...", file=sys.stderr)
     finally:
         if traffic is not None and traffic.poll() is None:
             traffic.send_signal(signal.SIGINT)
             traffic.wait(timeout=30)
-        for q in queries:
-            q.stop()
+        stop_all(_ACTIVE)
         spark.stop()
     return 0
 

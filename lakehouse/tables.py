@@ -173,8 +173,10 @@ DOC_BEGIN, DOC_END = "<!-- catalog:begin (python -m lakehouse.tables) -->", "<!-
 
 def main() -> None:
     """Rewrite the generated part of docs/tables.md from the catalog."""
-    from lakehouse import PROJECT_ROOT
-    from lakehouse import tables  # not __main__'s copy of this module: the stages register into that one
+    from lakehouse import (
+        PROJECT_ROOT,
+        tables,  # not __main__'s copy of this module: the stages register into that one
+    )
 
     path = PROJECT_ROOT / "docs" / "tables.md"
     text = path.read_text()

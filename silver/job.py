@@ -58,7 +58,10 @@ def now_array(n: int) -> pa.Array:
 
 @dataclass
 class ReferenceCache:
-    """The silver reference tables as Spark DataFrames, re-read when a table gets a new Delta version."""
+    """The silver reference tables as Spark DataFrames, re-read when a table gets a new Delta version.
+
+    They are local relations (the rows live in the driver), so broadcasting them in a join costs no Spark job.
+    """
 
     spark: SparkSession
     settings: Settings
@@ -67,14 +70,12 @@ class ReferenceCache:
     def frames(self) -> dict[str, DataFrame]:
         out = {}
         for name, ref in reference.REFERENCES.items():
-            uri = ensure(self.settings, ref.spec)
+            uri = ref.spec.uri(self.settings)
             version = delta.open_table(self.settings, uri).version()
             cached = self._frames.get(name)
             if cached is None or cached[0] != version:
                 arrow = delta.read_arrow(self.settings, uri, version)
-                if cached is not None:
-                    cached[1].unpersist()
-                df = self.spark.createDataFrame(arrow.to_pandas() if arrow.num_rows else [], _ddl(ref.spec)).cache()
+                df = self.spark.createDataFrame(arrow.to_pandas() if arrow.num_rows else [], _ddl(ref.spec))
                 cached = (version, df)
                 self._frames[name] = cached
             out[name] = cached[1]
@@ -191,13 +192,19 @@ class SilverWriter:
         )
 
 
-def _summary(classified: DataFrame, time_col: str) -> tuple[int, int, datetime | None]:
-    row = classified.agg(
-        F.count(F.lit(1)).alias("n"),
-        F.count_if(F.col("silver_status") == "duplicate").alias("dups"),
-        F.max(time_col).alias("max_time"),
-    ).first()
-    return row["n"], row["dups"], row["max_time"]
+def keep_payload_if_late(classified: DataFrame) -> DataFrame:
+    """Only late rows need their raw payload (for silver.late_events): don't collect the others'."""
+    return classified.withColumn("payload", F.when(F.col("silver_status") == "late", F.col("payload")))
+
+
+def split(out: pa.Table, report: BatchReport) -> tuple[pa.Table, pa.Table]:
+    """The classified batch as (new rows without status/payload, late rows); counts go to ``report``."""
+    status = out["silver_status"]
+    report.rows_in = out.num_rows
+    report.duplicates_in_batch = pc.sum(pc.equal(status, "duplicate")).as_py() or 0
+    report.max_event_time = pc.max(out["event_time"]).as_py()
+    new = out.filter(pc.equal(status, "new")).drop_columns(["silver_status", "payload"])
+    return new, out.filter(pc.equal(status, "late"))
 
 
 class TransactionsBatch(SilverWriter):
@@ -222,24 +229,20 @@ class TransactionsBatch(SilverWriter):
     def _process(self, batch: DataFrame, batch_id: int, watermark: datetime | None) -> BatchReport:
         report = BatchReport()
         tx = parse_events(batch.where(F.col("kind") == "transaction"), "transaction")
-        classified = classify(tx, ["transaction_id"], watermark).persist()
-        try:
-            with report.phase("read+classify"):
-                report.rows_in, report.duplicates_in_batch, report.max_event_time = _summary(classified, "event_time")
-            with report.phase("refs"):
-                refs = self.refs.frames()
-            with report.phase("enrich"):
-                new = enrich(
-                    classified.where(F.col("silver_status") == "new").drop("silver_status", "payload"),
-                    refs["mcc"],
-                    refs["countries"],
-                    refs["merchants"],
-                    refs["terminals"],
-                    refs["devices"],
-                ).toArrow()
-                late = late_events(classified, "transaction", F.col("transaction_id"), watermark).toArrow()
-        finally:
-            classified.unpersist()
+        classified = classify(tx, ["transaction_id"], watermark)
+        with report.phase("refs"):
+            refs = self.refs.frames()
+        with report.phase("read+parse+enrich"):  # one Spark job; the rest of the batch works on its Arrow
+            out = enrich(
+                keep_payload_if_late(classified),
+                refs["mcc"],
+                refs["countries"],
+                refs["merchants"],
+                refs["terminals"],
+                refs["devices"],
+            ).toArrow()
+        new, late = split(out, report)
+        late = late_events(late, "transaction", late["transaction_id"], watermark) if late.num_rows else late
         with report.phase("labels"):
             labels = latest_labels(parse_events(batch.where(F.col("kind") == "label"), "label")).toArrow()
 
@@ -342,14 +345,11 @@ class TicksBatch(SilverWriter):
         watermark = self.watermarks.before(batch_id)
         report = BatchReport()
         ticks = parse_events(batch, "market_tick")
-        classified = classify(ticks, ["symbol", "event_time"], watermark).persist()
-        try:
-            report.rows_in, report.duplicates_in_batch, report.max_event_time = _summary(classified, "event_time")
-            new = classified.where(F.col("silver_status") == "new").drop("silver_status", "payload").toArrow()
-            event_id = F.concat_ws("@", "symbol", F.date_format("event_time", "yyyy-MM-dd'T'HH:mm:ss.SSS"))
-            late = late_events(classified, "market_tick", event_id, watermark).toArrow()
-        finally:
-            classified.unpersist()
+        out = keep_payload_if_late(classify(ticks, ["symbol", "event_time"], watermark)).toArrow()
+        new, late = split(out, report)
+        if late.num_rows:
+            stamp = pc.strftime(late["event_time"], format="%Y-%m-%dT%H:%M:%S", unit="ms")
+            late = late_events(late, "market_tick", pc.binary_join_element_wise(late["symbol"], stamp, "@"), watermark)
         rows = conform(new, MARKET_TICKS, processed_at=now_array(new.num_rows))
         inserted = self.insert_new(MARKET_TICKS, rows, ["symbol", "event_time"], batch_id)
         report.inserted = rows.num_rows if inserted is None else inserted
@@ -360,6 +360,7 @@ class TicksBatch(SilverWriter):
 
 
 def ensure_tables(settings: Settings) -> None:
+    """Create silver's tables and its inputs (so the stream can start before any data), load the references."""
     for spec in (
         TRANSACTIONS,
         LABELS_TABLE,
@@ -372,6 +373,7 @@ def ensure_tables(settings: Settings) -> None:
         ensure(settings, spec)
     for bronze in ("bronze.transactions", "bronze.labels", "bronze.market_ticks"):
         ensure(settings, get(bronze))
+    reference.load(settings)
 
 
 def _bronze(spark: SparkSession, settings: Settings, table: str, kind: str, max_versions: int | None) -> DataFrame:
@@ -385,7 +387,6 @@ def start(
 ) -> list[StreamingQuery]:
     """Start both silver queries (the tables are created first, so they may start before any data)."""
     ensure_tables(settings)
-    reference.load(settings)
     tx = _bronze(spark, settings, "transactions", "transaction", max_versions_per_trigger).unionByName(
         _bronze(spark, settings, "labels", "label", max_versions_per_trigger)
     )

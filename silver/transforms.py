@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
+import pyarrow as pa
+import pyarrow.compute as pc
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
@@ -98,18 +100,21 @@ def latest_labels(labels: DataFrame) -> DataFrame:
     )
 
 
-def late_events(classified: DataFrame, kind: str, event_id: F.Column, watermark: datetime | None) -> DataFrame:
-    """Rows beyond the allowed lateness, with the reason, for ``silver.late_events``."""
-    time_col = TIME_FIELDS[kind]
-    late = classified.where(F.col("silver_status") == "late")
-    return late.select(
-        F.lit(kind).alias("kind"),
-        event_id.alias("event_id"),
-        F.col(time_col).alias("event_time"),
-        F.lit(watermark).cast("timestamp").alias("watermark"),
-        (F.unix_timestamp(F.lit(watermark).cast("timestamp")) - F.unix_timestamp(time_col)).alias("lateness_s"),
-        F.lit("beyond_allowed_lateness").alias("reason"),
-        *LINEAGE,
-        "payload",
-        F.to_date(time_col).alias("event_date"),
+def late_events(late: pa.Table, kind: str, event_id: pa.Array, watermark: datetime) -> pa.Table:
+    """Rows beyond the allowed lateness (``silver_status == "late"``, collected with their payload), with the
+    reason, for ``silver.late_events``. Arrow in and out: late rows leave the batch's one Spark job this way."""
+    time_col = late.column(TIME_FIELDS[kind])
+    wm = pa.scalar(watermark, time_col.type)
+    lateness = pc.divide(pc.cast(pc.subtract(wm, time_col), pa.int64()), 1_000_000)
+    n = late.num_rows
+    return pa.table(
+        {
+            "kind": pa.array([kind] * n, pa.string()),
+            "event_id": event_id,
+            "event_time": time_col,
+            "watermark": pa.array([watermark] * n, time_col.type),
+            "lateness_s": lateness,
+            "reason": pa.array(["beyond_allowed_lateness"] * n, pa.string()),
+            **{c: late.column(c) for c in (*LINEAGE, "payload", "event_date")},
+        }
     )

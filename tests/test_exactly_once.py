@@ -1,10 +1,11 @@
 """Exactly-once through crashes: the continuous pipeline (a real process) is SIGKILLed mid-stream, twice.
 
-A fixed amount of traffic (with malformed records and producer-side repeats) is put into the event log first;
-``python -m lakehouse.pipeline --no-traffic`` then runs with small micro-batches and is killed (its whole process
+A fixed amount of traffic (generated, plus malformed records and producer-side repeats) goes into the event log in
+chunks, the next one once bronze has committed the previous ones, so silver sees it in many micro-batches.
+``python -m lakehouse.pipeline --no-traffic`` runs with small micro-batches and is killed (its whole process
 group: the Python driver, Spark's JVM and its Python workers) once when silver holds some but not all of the
 transactions and again when it holds about half, then restarted and run until every query has committed a batch
-ending at its source's end. Every log record must then be in bronze (or the dead letter) exactly once, silver
+ending at its sources' ends. Every log record must then be in bronze (or the dead letter) exactly once, silver
 must hold every transaction, label and tick exactly once, and gold must agree with silver.
 """
 
@@ -25,6 +26,7 @@ import pytest
 
 from lakehouse import delta, eventlog
 from lakehouse.config import Settings
+from lakehouse.contracts import KEY_FIELDS, encode
 
 START = "2026-03-02T23:00:00Z"  # ~2 h of event time across midnight: two event dates
 TOPICS = {"transactions": "eo-transactions", "labels": "eo-labels", "market_ticks": "eo-market-ticks"}
@@ -53,12 +55,12 @@ def lakehouse(stack, tmp_path_factory):
     env = {
         "LAKEHOUSE__LAKEHOUSE__ROOT": str(root / "lakehouse"),
         "LAKEHOUSE__SPARK__CHECKPOINT_ROOT": str(root / "checkpoints"),
-        "LAKEHOUSE__STREAMING__MAX_RECORDS_PER_TRIGGER": "300",
+        "LAKEHOUSE__STREAMING__MAX_RECORDS_PER_TRIGGER": "400",
         "LAKEHOUSE__STREAMING__TRIGGER_SECONDS": "0.5",
         "LAKEHOUSE__STREAMING__GOLD_TRIGGER_SECONDS": "1",
         # nothing is late here (lateness is test_medallion's business): every transaction must reach silver
         "LAKEHOUSE__STREAMING__ALLOWED_LATENESS_S": str(30 * 86400),
-        "LAKEHOUSE__TRAFFIC__MARKET_RATE": "0.05",
+        "LAKEHOUSE__TRAFFIC__MARKET_RATE": "0.02",
     }
     for attr, name in TOPICS.items():
         env[f"LAKEHOUSE__EVENTLOG__TOPICS__{attr.upper()}__NAME"] = name
@@ -74,11 +76,31 @@ def lakehouse(stack, tmp_path_factory):
     log.close()
 
 
+class Feed:
+    """The traffic, produced chunk by chunk: the next one once bronze and silver.transactions have committed
+    everything before it (so silver sees the traffic in several micro-batches, not in one after a slow start)."""
+
+    def __init__(self, settings: Settings, log, chunks: list[list[tuple[str, bytes, bytes]]]):
+        self.settings, self.log, self.chunks, self.sent = settings, log, chunks, 0
+
+    @property
+    def done(self) -> bool:
+        return self.sent == len(self.chunks)
+
+    def step(self) -> None:
+        if not self.done and (self.sent == 0 or caught_up(self.settings, self.log, "silver.transactions")):
+            for topic in TOPICS.values():
+                records = [(k, v) for t, k, v in self.chunks[self.sent] if t == topic]
+                if records:
+                    self.log.produce_batch(topic, records)
+            self.sent += 1
+
+
 class Pipeline:
     """``python -m lakehouse.pipeline --no-traffic`` in its own session, so one SIGKILL takes its process group."""
 
-    def __init__(self, env: dict, root: Path):
-        self.env, self.root = env, root
+    def __init__(self, env: dict, root: Path, feed: Feed):
+        self.env, self.root, self.feed = env, root, feed
         self.proc: subprocess.Popen | None = None
         self.runs: list[Path] = []
         self.transient_restarts = 0
@@ -128,10 +150,12 @@ class Pipeline:
             return
         pytest.fail(f"pipeline exited with {self.proc.returncode}:\n{tail[-6000:]}")
 
-    def wait_for(self, what: str, condition, timeout: float, every: float = 0.2):
+    def wait_for(self, what: str, condition, timeout: float, every: float = 0.25):
+        """Poll ``condition`` (feeding the log meanwhile) until it returns something true; return that."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             self.check()
+            self.feed.step()
             value = condition()
             if value:
                 return value
@@ -165,43 +189,63 @@ def last_batch(settings: Settings, query: str) -> list[dict] | None:
     return [json.loads(line) for line in lines[2:]]
 
 
-def drained(settings: Settings, log) -> bool:
-    """Every query has committed a batch ending at its sources' current ends (log end offsets, table versions)."""
+def bronze_caught_up(settings: Settings, log) -> bool:
+    """Every bronze query has committed a batch ending at its topic's end offsets."""
     for attr, query in BRONZE_QUERIES.items():
         ends = {str(p): e for p, e in log.end_offsets(TOPICS[attr]).items()}
-        if last_batch(settings, query) != [ends]:
-            return False
-    for query, sources in DOWNSTREAM.items():
-        if last_batch(settings, query) != [{"version": version(settings, *s)} for s in sources]:
+        if any(ends.values()) and last_batch(settings, query) != [ends]:
             return False
     return True
 
 
-def produce_traffic(env: dict, settings: Settings, log) -> None:
-    """Generated traffic, malformed records (keys ``bad-*``) and producer repeats of some events."""
-    tx, labels, ticks = TOPICS["transactions"], TOPICS["labels"], TOPICS["market_ticks"]
+def caught_up(settings: Settings, log, *queries: str) -> bool:
+    """Bronze and ``queries`` have committed a batch ending at their sources' current ends (log end offsets,
+    Delta versions)."""
+    if not bronze_caught_up(settings, log):
+        return False
+    for query in queries:
+        if last_batch(settings, query) != [{"version": version(settings, *s)} for s in DOWNSTREAM[query]]:
+            return False
+    return True
 
-    def bad(n: int, prefix: str) -> list[tuple[bytes, bytes]]:
-        return [
-            (f"bad-{prefix}-{i}".encode(), b"{broken" if i % 2 else b'{"transaction_id": "no-fields"}')
-            for i in range(n)
-        ]
 
-    log.produce_batch(tx, bad(4, "first"))
+def drained(settings: Settings, log) -> bool:
+    """Every query has committed a batch ending at its sources' current ends."""
+    return caught_up(settings, log, *DOWNSTREAM)
+
+
+def traffic_chunks(env: dict, root: Path, n: int) -> list[list[tuple[str, bytes, bytes]]]:
+    """``n`` chunks of (topic, key, value), in event-time order: generated traffic, 12 malformed records (keys
+    ``bad-*``) and an at-least-once producer's repeats (40 transactions, 5 labels, each in a later chunk)."""
+    out = root / "traffic.jsonl"
     done = subprocess.run(
-        [sys.executable, "-m", "lakehouse.traffic", "generate", "--rate", "0.4", "--start", START, "--days", "0.08",
-         "--speedup", "0", "--fraud-rate", "0.05", "--label-delay-days", "0.01", "--with-market", "--seed", "7"],
+        [sys.executable, "-m", "lakehouse.traffic", "generate", "--rate", "0.9", "--start", START, "--days", "0.08",
+         "--speedup", "0", "--fraud-rate", "0.05", "--label-delay-days", "0.01", "--with-market", "--seed", "7",
+         "--out", str(out)],
         env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-4000:]
-    log.produce_batch(tx, bad(4, "last"))
-    log.produce_batch(labels, bad(2, "label"))
-    log.produce_batch(ticks, bad(2, "tick"))
-    # an at-least-once producer's retries: 40 transactions and 5 labels sent again
+    topic_of = {"transaction": TOPICS["transactions"], "label": TOPICS["labels"], "market_tick": TOPICS["market_ticks"]}
+    events = []
+    for line in out.read_text().splitlines():
+        kind, event = (e := json.loads(line))["kind"], e["event"]
+        events.append((topic_of[kind], event[KEY_FIELDS[kind]].encode(), encode(event)))
+    size = -(-len(events) // n)
+    chunks = [events[i : i + size] for i in range(0, len(events), size)]
+
+    def bad(topic: str, name: str, i: int) -> tuple[str, bytes, bytes]:
+        return topic, f"bad-{name}-{i}".encode(), b"{broken" if i % 2 else b'{"transaction_id": "no-fields"}'
+
+    chunks[0][:0] = [bad(TOPICS["transactions"], "first", i) for i in range(4)]
+    chunks[-1] += [bad(TOPICS["transactions"], "last", i) for i in range(4)]
+    chunks[n // 2] += [bad(TOPICS["labels"], "label", i) for i in range(2)]
+    chunks[n // 2] += [bad(TOPICS["market_ticks"], "tick", i) for i in range(2)]
     rng = random.Random(3)
-    for topic, n in ((tx, 40), (labels, 5)):
-        records = [r for r in read_log(log, topic) if not r.key.startswith(b"bad-")]
-        log.produce_batch(topic, [(r.key, r.value) for r in rng.sample(records, n)])
+    for topic, repeats in ((TOPICS["transactions"], 40), (TOPICS["labels"], 5)):
+        sent = [(i, r) for i, c in enumerate(chunks) for r in c if r[0] == topic and b"bad-" not in r[1]]
+        for i, original in rng.sample(sent, repeats):
+            chunks[rng.randrange(i, len(chunks))].append(original)
+    return chunks
 
 
 def read_log(log, topic: str) -> list:
@@ -211,22 +255,16 @@ def read_log(log, topic: str) -> list:
 def test_exactly_once_through_crashes(lakehouse):
     settings, env, log, root = lakehouse
     t0 = time.monotonic()
-    produce_traffic(env, settings, log)
-    records = {attr: read_log(log, topic) for attr, topic in TOPICS.items()}
-    payloads = {
-        attr: [json.loads(r.value) for r in recs if not r.key.startswith(b"bad-")] for attr, recs in records.items()
-    }
-    tx_ids = {e["transaction_id"] for e in payloads["transactions"]}
-    assert len(payloads["transactions"]) == len(tx_ids) + 40 > 2000
-
-    pipeline = Pipeline(env, root)
-    timings = {"traffic": time.monotonic() - t0}
+    feed = Feed(settings, log, traffic_chunks(env, root, 6))
+    tx = [json.loads(v) for c in feed.chunks for t, k, v in c if t == TOPICS["transactions"] and b"bad-" not in k]
+    tx_ids = {e["transaction_id"] for e in tx}
+    pipeline = Pipeline(env, root, feed)
+    timings = {"traffic generated": time.monotonic() - t0}
     try:
+        feed.step()
         pipeline.start()
         # crash 1: silver holds some, not all, transactions
-        at_first = pipeline.wait_for(
-            "the first silver rows", lambda: count(settings, "silver", "transactions"), timeout=240, every=0.1
-        )
+        at_first = pipeline.wait_for("the first silver rows", lambda: count(settings, "silver", "transactions"), 300)
         pipeline.kill()
         timings["crash 1"] = time.monotonic() - t0
         assert 0 < at_first < len(tx_ids)
@@ -236,21 +274,30 @@ def test_exactly_once_through_crashes(lakehouse):
         at_second = pipeline.wait_for(
             "silver to reach half the transactions",
             lambda: (n := count(settings, "silver", "transactions")) >= half and n,
-            timeout=240,
-            every=0.1,
+            300,
         )
         pipeline.kill()
         timings["crash 2"] = time.monotonic() - t0
-        # the last run: until every query has caught up with its sources (checked twice, a second apart)
+        # the last run: until all traffic is in and every query has caught up with its sources (checked twice)
         pipeline.start()
         pipeline.wait_for(
-            "every query to drain", lambda: drained(settings, log) and time.sleep(1) is None and drained(settings, log),
-            timeout=300, every=0.5,
-        )  # fmt: skip
+            "every query to drain",
+            lambda: feed.done and drained(settings, log) and time.sleep(1) is None and drained(settings, log),
+            300,
+        )
         timings["drained"] = time.monotonic() - t0
     finally:
         pipeline.kill()
-    print(f"timings {timings}; silver rows at the crashes {at_first}, {at_second}; runs {len(pipeline.runs)}")
+    print(
+        f"seconds to: {', '.join(f'{k} {v:.0f}' for k, v in timings.items())}; silver rows at the crashes {at_first}, "
+        f"{at_second} of {len(tx_ids)}; pipeline runs {len(pipeline.runs)} ({pipeline.transient_restarts} transient)"
+    )
+    records = {attr: read_log(log, topic) for attr, topic in TOPICS.items()}
+    payloads = {
+        attr: [json.loads(r.value) for r in recs if not r.key.startswith(b"bad-")] for attr, recs in records.items()
+    }
+    assert {e["transaction_id"] for e in payloads["transactions"]} == tx_ids
+    assert len(payloads["transactions"]) == len(tx_ids) + 40 > 1500
 
     # bronze: every log record exactly once, in its bronze table or (the bad-* ones) the dead letter
     dead = table(settings, "bronze", "dead_letter").to_pylist()

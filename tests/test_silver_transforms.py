@@ -78,12 +78,11 @@ def test_without_a_watermark_nothing_is_late(spark):
 def test_late_events_carry_reason_watermark_and_lateness(spark):
     wm = T0 + timedelta(minutes=10)
     parsed = parse_events(bronze(spark, [tx("old", 0), tx("ok", 20)]), "transaction")
-    from pyspark.sql import functions as F
-
-    late = late_events(classify(parsed, ["transaction_id"], wm), "transaction", F.col("transaction_id"), wm)
-    rows = late.collect()
+    late = classify(parsed, ["transaction_id"], wm).where("silver_status = 'late'").toArrow()
+    rows = late_events(late, "transaction", late["transaction_id"], wm).to_pylist()
     assert len(rows) == 1
     assert (rows[0]["event_id"], rows[0]["reason"], rows[0]["lateness_s"]) == ("old", "beyond_allowed_lateness", 600)
+    assert rows[0]["watermark"] == wm and rows[0]["event_date"] == date(2026, 3, 2)
     assert json.loads(rows[0]["payload"])["transaction_id"] == "old"
 
 
