@@ -81,6 +81,14 @@ def _commit(app_id: str, batch_id: int, metadata: dict[str, str] | None = None) 
     )
 
 
+def committed_metrics(settings: Settings, uri: str, app_id: str, batch_id: int, search: int = 200) -> dict:
+    """The operation metrics of the commit that wrote (``app_id``, ``batch_id``) ({} if out of the log)."""
+    for commit in history(settings, uri, search):
+        if commit.get("streaming.query_id") == app_id and commit.get("streaming.batch_id") == str(batch_id):
+            return dict(commit.get("operationMetrics") or {})
+    return {}
+
+
 def merge_batch(
     settings: Settings,
     uri: str,
@@ -92,16 +100,17 @@ def merge_batch(
     batch_id: int,
     merge_schema: bool = False,
     attempts: int = 5,
-) -> dict | None:
-    """MERGE one micro-batch (``s``) into ``t`` exactly once; None if the batch was already merged.
+) -> dict:
+    """MERGE one micro-batch (``s``) into ``t`` exactly once; returns the MERGE's metrics.
 
-    A commit conflict (e.g. with a concurrent OPTIMIZE) re-runs the MERGE on the new snapshot.
+    A batch merged before (a replay after a crash) is not merged again: its metrics come from the original
+    commit. A commit conflict (e.g. with a concurrent OPTIMIZE) re-runs the MERGE on the new snapshot.
 
     ``clauses`` adds the WHEN clauses, e.g. ``lambda m: m.when_not_matched_insert_all()``.
     """
     for attempt in range(attempts):
         if already_committed(settings, uri, app_id, batch_id):
-            return None
+            return committed_metrics(settings, uri, app_id, batch_id)
         merger = open_table(settings, uri).merge(
             source,
             predicate,

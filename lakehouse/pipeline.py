@@ -16,20 +16,15 @@ import time
 from lakehouse.config import get_settings
 from lakehouse.spark import get_spark
 
-MAX_RESTARTS = 3
+MAX_RESTARTS = 5
 _ACTIVE: list = []  # the running queries, also while a stage is starting (so Ctrl-C can stop them)
 
 
 def start_stages(spark, settings, stages) -> list:
-    """Start the stages in order; each starts once the previous one's queries made their first progress (many
-    queries initialising at once on 2 cores can starve Spark's Python workers past their connect timeout)."""
+    """Start the stages in order (each query starts once the previous one has initialised its sources)."""
     _ACTIVE.clear()
     for stage in stages:
-        started = stage(spark, settings)
-        _ACTIVE.extend(started)
-        wait_until = time.monotonic() + 120
-        while time.monotonic() < wait_until and any(q.isActive and q.lastProgress is None for q in started):
-            time.sleep(0.5)
+        _ACTIVE.extend(stage(spark, settings))
     print(
         f"pipeline: {len(_ACTIVE)} streaming queries running; tables under {settings.lakehouse.root}; Ctrl-C stops",
         file=sys.stderr,
@@ -99,7 +94,12 @@ def main(argv: list[str] | None = None) -> int:
             if restarts > MAX_RESTARTS:
                 raise RuntimeError(f"query {failed.name} failed {restarts} times: {failed.exception()}")
             # every sink is idempotent per batch, so restarting from the checkpoints loses and repeats nothing
-            print(f"query {failed.name} failed ({failed.exception()}); restarting the pipeline", file=sys.stderr)
+            print(
+                f"query {failed.name} failed ({str(failed.exception()).splitlines()[0]}); "
+                f"restarting the pipeline in {10 * restarts} s ({restarts}/{MAX_RESTARTS})",
+                file=sys.stderr,
+            )
+            time.sleep(10 * restarts)
     except KeyboardInterrupt:
         print("stopping...", file=sys.stderr)
     finally:

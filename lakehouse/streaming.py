@@ -125,7 +125,22 @@ def start_batches(
         .foreachBatch(handler)
     )
     default = {"processingTime": f"{settings.streaming.trigger_seconds} seconds"}
-    return writer.trigger(**(trigger or default)).start()
+    query = writer.trigger(**(trigger or default)).start()
+    wait_initialised(query)
+    return query
+
+
+def wait_initialised(query: StreamingQuery, timeout_s: float = 120.0) -> None:
+    """Wait until ``query`` has initialised its sources before the caller starts the next one.
+
+    A Python data source starts Python planner processes that must connect back to the JVM within a fixed 10 s;
+    many starting at once on 2 cores can miss that, so queries are started one at a time.
+    """
+    deadline = time.monotonic() + timeout_s
+    while query.isActive and time.monotonic() < deadline:
+        if query.status.get("message") != "Initializing sources":
+            return
+        time.sleep(0.2)
 
 
 def start_to_delta(

@@ -123,9 +123,9 @@ class SilverWriter:
     def app(self, output: str) -> str:
         return f"{query_id(self.checkpoint)}/{output}"
 
-    def insert_new(self, spec: TableSpec, rows: pa.Table, key: list[str], batch_id: int) -> int | None:
+    def insert_new(self, spec: TableSpec, rows: pa.Table, key: list[str], batch_id: int) -> int:
         """Insert-only MERGE: rows whose key is already in the table (within the rows' event-time range) are
-        duplicates seen in an earlier batch. Returns the number inserted (None if the batch was merged before)."""
+        duplicates seen in an earlier batch. Returns the number inserted (by this batch, also when replayed)."""
         if rows.num_rows == 0:
             return 0
         times = rows.column("event_time")
@@ -145,7 +145,7 @@ class SilverWriter:
             batch_id=batch_id,
             merge_schema=True,  # a field a newer contract version added becomes a new column
         )
-        return None if metrics is None else metrics["num_target_rows_inserted"]
+        return metrics.get("num_target_rows_inserted", 0)
 
     def append(self, spec: TableSpec, rows: pa.Table, output: str, batch_id: int) -> None:
         if rows.num_rows:
@@ -260,7 +260,7 @@ class TransactionsBatch(SilverWriter):
         with report.phase("merge"):
             rows = conform(checked.passed, TRANSACTIONS, processed_at=now_array(checked.passed.num_rows))
             inserted = self.insert_new(TRANSACTIONS, rows, ["transaction_id"], batch_id)
-        report.inserted = rows.num_rows if inserted is None else inserted
+        report.inserted = inserted
         report.duplicates_seen_before = rows.num_rows - report.inserted
         report.late = late.num_rows
         self.append(LATE_EVENTS, conform(late, LATE_EVENTS), "late", batch_id)
@@ -316,7 +316,7 @@ class TransactionsBatch(SilverWriter):
             app_id=self.app("apply_labels"),
             batch_id=batch_id,
         )
-        return 0 if metrics is None else metrics["num_target_rows_updated"]
+        return metrics.get("num_target_rows_updated", 0)
 
     def _earlier_labels(self, inserted: pa.Table) -> pa.Table:
         """Labels already in silver.labels for transactions inserted by this batch (labels that came first)."""
@@ -352,7 +352,7 @@ class TicksBatch(SilverWriter):
             late = late_events(late, "market_tick", pc.binary_join_element_wise(late["symbol"], stamp, "@"), watermark)
         rows = conform(new, MARKET_TICKS, processed_at=now_array(new.num_rows))
         inserted = self.insert_new(MARKET_TICKS, rows, ["symbol", "event_time"], batch_id)
-        report.inserted = rows.num_rows if inserted is None else inserted
+        report.inserted = inserted
         report.duplicates_seen_before = rows.num_rows - report.inserted
         report.late = late.num_rows
         self.append(LATE_EVENTS, conform(late, LATE_EVENTS), "late", batch_id)

@@ -51,9 +51,9 @@ def test_rows_already_in_silver_are_counted_not_inserted(writer):
     assert sorted(rows(writer).column("source_offset").to_pylist()) == [1, 2, 3, 4]
 
 
-def test_a_replayed_batch_writes_nothing(writer):
+def test_a_replayed_batch_writes_nothing_and_reports_what_it_wrote_the_first_time(writer):
     assert writer.insert_new(MARKET_TICKS, ticks(1, 2), ["symbol", "event_time"], batch_id=0) == 2
-    assert writer.insert_new(MARKET_TICKS, ticks(1, 2, 9), ["symbol", "event_time"], batch_id=0) is None
+    assert writer.insert_new(MARKET_TICKS, ticks(1, 2, 9), ["symbol", "event_time"], batch_id=0) == 2
     assert rows(writer).num_rows == 2
 
 
