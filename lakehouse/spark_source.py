@@ -13,7 +13,12 @@ from datetime import UTC, datetime
 
 import pyarrow as pa
 from pyspark.sql.datasource import DataSource, DataSourceStreamReader, InputPartition
-from pyspark.sql.streaming.datasource import ReadAllAvailable, ReadLimit, ReadMaxRows
+from pyspark.sql.streaming.datasource import (
+    ReadAllAvailable,
+    ReadLimit,
+    ReadMaxRows,
+    SupportsTriggerAvailableNow,
+)
 
 SCHEMA = "key binary, value binary, topic string, partition int, offset long, timestamp timestamp, timestampType int"
 _ARROW_SCHEMA = pa.schema(
@@ -49,13 +54,14 @@ class EventLogDataSource(DataSource):
         return EventLogStreamReader(self.options)
 
 
-class EventLogStreamReader(DataSourceStreamReader):
+class EventLogStreamReader(DataSourceStreamReader, SupportsTriggerAvailableNow):
     def __init__(self, options):
         self.url = options["url"]
         self.topic = options["topic"]
         self.max_records = int(options.get("maxRecordsPerTrigger", 0)) or None
         self.starting = options.get("startingOffsets", "earliest")
         self.batch_size = int(options.get("readBatchSize", 5000))
+        self.target: dict[str, int] | None = None  # the ends an availableNow query reads up to
 
     def _log(self):
         from lakehouse.eventlog.redis_streams import RedisStreamsLog
@@ -76,8 +82,13 @@ class EventLogStreamReader(DataSourceStreamReader):
     def getDefaultReadLimit(self) -> ReadLimit:
         return ReadMaxRows(self.max_records) if self.max_records else ReadAllAvailable()
 
+    def prepareForTriggerAvailableNow(self) -> None:
+        """``trigger(availableNow=True)``: read up to the ends of now, in as many batches as the limit needs
+        (including a batch left planned but uncommitted by a crash, then the rest)."""
+        self.target = self._ends()
+
     def latestOffset(self, start: dict | None = None, limit: ReadLimit | None = None) -> dict:
-        ends = self._ends()
+        ends = self._ends() if self.target is None else dict(self.target)
         start = start or {p: 0 for p in ends}
         ends = {p: max(end, start.get(p, 0)) for p, end in ends.items()}
         if isinstance(limit, ReadMaxRows):

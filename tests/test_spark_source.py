@@ -34,6 +34,11 @@ def test_stream_reads_each_record_once_across_restarts(stack, spark, tmp_path):
     second = [row for _, rows in run_available(spark, stack, "t-spark", checkpoint) for row in rows]
     assert sorted(int(r[1]) for r in second) == list(range(300, 420))
     assert run_available(spark, stack, "t-spark", checkpoint) == []
+    # availableNow with a rate limit drains everything there is, in several batches (not one capped batch)
+    log.produce_batch("t-spark", [(f"card-{i}", f"{i}".encode()) for i in range(420, 520)])
+    third = run_available(spark, stack, "t-spark", checkpoint, max_records=30)
+    assert len(third) >= 4 and all(len(rows) <= 30 for _, rows in third)
+    assert sorted(int(r[1]) for _, rows in third for r in rows) == list(range(420, 520))
     log.close()
 
 
