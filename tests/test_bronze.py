@@ -98,7 +98,7 @@ def test_generated_traffic_and_bad_records_land_exactly_once(stack, spark):
     topic = stack.eventlog.topics.transactions.name
     bad = [b"not json", b'{"transaction_id": "x"}', b'{"amount": Infinity}', b"\xff" * 10]
     log.produce_batch(topic, [("card-bad", p) for p in bad])
-    queries = bronze_job.start(spark, stack, trigger={"availableNow": True}, max_records_per_trigger=2000)
+    queries = bronze_job.start(spark, stack, trigger={"availableNow": True}, max_records_per_trigger=25000)
     for q in queries:
         q.awaitTermination(600)
         assert q.exception() is None
