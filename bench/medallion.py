@@ -23,33 +23,7 @@ import pyarrow.compute as pc
 
 from bench.run import report
 from lakehouse import delta, eventlog
-from lakehouse.config import Settings
-
-
-def _env(root: Path, tag: str, max_records: int) -> dict[str, str]:
-    env = {
-        "LAKEHOUSE__LAKEHOUSE__ROOT": str(root / "lakehouse"),
-        "LAKEHOUSE__SPARK__CHECKPOINT_ROOT": str(root / "checkpoints"),
-        "LAKEHOUSE__STREAMING__MAX_RECORDS_PER_TRIGGER": str(max_records),
-        "LAKEHOUSE__STREAMING__TRIGGER_SECONDS": "1",
-        "LAKEHOUSE__STREAMING__GOLD_TRIGGER_SECONDS": "60",
-    }
-    for attr in ("transactions", "labels", "market_ticks"):
-        env[f"LAKEHOUSE__EVENTLOG__TOPICS__{attr.upper()}__NAME"] = f"{tag}-{attr}"
-    return env
-
-
-def _settings(env: dict[str, str]) -> Settings:
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        return Settings()
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k)
-            else:
-                os.environ[k] = v
+from lakehouse.config import Settings, isolated
 
 
 def _silver_rows(settings: Settings) -> int:
@@ -86,8 +60,15 @@ def _wait_for(settings: Settings, n: int, timeout: float, proc: subprocess.Popen
 def run(settings: Settings, events: int, rate: float, seconds: float, max_records: int) -> tuple[list[dict], dict]:
     """Returns throughput rows and the latency figures."""
     root = Path(tempfile.mkdtemp(prefix="bench-medallion-", dir=settings.state_path))
-    env = _env(root, f"benchm-{int(time.time())}", max_records)
-    bs = _settings(env)
+    bs, env = isolated(
+        root,
+        f"benchm-{int(time.time())}",
+        {
+            "LAKEHOUSE__STREAMING__MAX_RECORDS_PER_TRIGGER": str(max_records),
+            "LAKEHOUSE__STREAMING__TRIGGER_SECONDS": "1",
+            "LAKEHOUSE__STREAMING__GOLD_TRIGGER_SECONDS": "60",
+        },
+    )
     log = eventlog.from_settings(bs)
     eventlog.ensure_topics(log, bs)
     full_env = {**os.environ, **env}

@@ -173,6 +173,33 @@ def conf_file() -> Path:
     return PROJECT_ROOT / "conf" / f"{os.environ.get('LAKEHOUSE_PROFILE', 'local')}.yaml"
 
 
+ISOLATED_TOPICS = ("transactions", "labels", "market_ticks")
+
+
+def isolated(root: Path, tag: str, overrides: dict[str, str] | None = None) -> tuple[Settings, dict[str, str]]:
+    """A lakehouse of its own on the same services: tables and checkpoints under ``root``, topics named
+    ``<tag>-<topic>``. Returns its settings and the environment that gives them to a child process."""
+    env = {
+        "LAKEHOUSE__LAKEHOUSE__ROOT": str(root / "lakehouse"),
+        "LAKEHOUSE__SPARK__CHECKPOINT_ROOT": str(root / "checkpoints"),
+        **{
+            f"LAKEHOUSE__EVENTLOG__TOPICS__{t.upper()}__NAME": f"{tag}-{t}"
+            for t in ("transactions", "labels", "market_ticks")
+        },
+        **(overrides or {}),
+    }
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        return Settings(), env
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k)
+            else:
+                os.environ[k] = v
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     """The settings of the current process (cached; call ``get_settings.cache_clear()`` after env changes)."""

@@ -30,7 +30,7 @@ from pyspark.sql.streaming import StreamingQuery
 
 from lakehouse import delta, quality
 from lakehouse.config import Settings
-from lakehouse.delta_source import read_delta, read_delta_stream
+from lakehouse.delta_source import read_delta_stream
 from lakehouse.streaming import WatermarkState, checkpoint_dir, query_id, start_batches
 from lakehouse.tables import TS, TableSpec, conform, ensure, get
 from silver import expectations, reference
@@ -395,10 +395,3 @@ def start(
         start_batches(settings, TX_QUERY, tx, TransactionsBatch(spark, settings), trigger=trigger),
         start_batches(settings, TICKS_QUERY, ticks, TicksBatch(settings), trigger=trigger),
     ]
-
-
-def backfill_frame(spark: SparkSession, settings: Settings, table: str, kind: str, start: date, end: date) -> DataFrame:
-    """Bronze rows of ``[start, end]`` (by event date) as a batch DataFrame with the stream's columns."""
-    uri = get(f"bronze.{table}").uri(settings)
-    flt = [["event_date", ">=", start.isoformat()], ["event_date", "<=", end.isoformat()]]
-    return read_delta(spark, settings, uri, partition_filter=flt).withColumn("kind", F.lit(kind))

@@ -12,7 +12,6 @@ from pyspark.sql import functions as F
 from lakehouse.contracts import TIME_FIELDS, spark_ddl
 
 LINEAGE = ("source_partition", "source_offset", "log_time")
-LABEL_COLUMNS = ("label", "label_source", "label_scenario", "label_reported_at")
 FIRST_IN_LOG = ("log_time", "source_partition", "source_offset")
 
 

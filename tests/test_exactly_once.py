@@ -26,11 +26,11 @@ from pathlib import Path
 import pytest
 
 from lakehouse import delta, eventlog
-from lakehouse.config import Settings
+from lakehouse.config import Settings, isolated
 from lakehouse.contracts import KEY_FIELDS, encode
 
 START = "2026-03-02T23:00:00Z"  # ~2 h of event time across midnight: two event dates
-TOPICS = {"transactions": "eo-transactions", "labels": "eo-labels", "market_ticks": "eo-market-ticks"}
+TOPICS = {t: f"eo-{t}" for t in ("transactions", "labels", "market_ticks")}  # as config.isolated(root, "eo") names them
 BRONZE_QUERIES = {
     "transactions": "bronze.transactions",
     "labels": "bronze.labels",
@@ -55,24 +55,18 @@ TIMEOUT_S = 420  # per phase; a phase takes 1-3 minutes on 2 busy cores
 def lakehouse(stack, tmp_path_factory):
     """Settings and environment of an isolated lakehouse: own topics, tables, checkpoints, small micro-batches."""
     root = tmp_path_factory.mktemp("exactly_once")
-    env = {
-        "LAKEHOUSE__LAKEHOUSE__ROOT": str(root / "lakehouse"),
-        "LAKEHOUSE__SPARK__CHECKPOINT_ROOT": str(root / "checkpoints"),
-        "LAKEHOUSE__STREAMING__MAX_RECORDS_PER_TRIGGER": "400",
-        "LAKEHOUSE__STREAMING__TRIGGER_SECONDS": "0.5",
-        "LAKEHOUSE__STREAMING__GOLD_TRIGGER_SECONDS": "1",
-        # nothing is late here (lateness is test_medallion's business): every transaction must reach silver
-        "LAKEHOUSE__STREAMING__ALLOWED_LATENESS_S": str(30 * 86400),
-        "LAKEHOUSE__TRAFFIC__MARKET_RATE": "0.02",
-    }
-    for attr, name in TOPICS.items():
-        env[f"LAKEHOUSE__EVENTLOG__TOPICS__{attr.upper()}__NAME"] = name
-    os.environ.update(env)
-    try:
-        settings = Settings()
-    finally:
-        for key in env:
-            os.environ.pop(key)
+    settings, env = isolated(
+        root,
+        "eo",
+        {
+            "LAKEHOUSE__STREAMING__MAX_RECORDS_PER_TRIGGER": "400",
+            "LAKEHOUSE__STREAMING__TRIGGER_SECONDS": "0.5",
+            "LAKEHOUSE__STREAMING__GOLD_TRIGGER_SECONDS": "1",
+            # nothing is late here (lateness is test_medallion's business): every transaction must reach silver
+            "LAKEHOUSE__STREAMING__ALLOWED_LATENESS_S": str(30 * 86400),
+            "LAKEHOUSE__TRAFFIC__MARKET_RATE": "0.02",
+        },
+    )
     log = eventlog.from_settings(settings)
     eventlog.ensure_topics(log, settings)
     yield settings, {**os.environ, **env}, log, root

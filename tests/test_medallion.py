@@ -16,7 +16,7 @@ import duckdb
 import pytest
 
 from lakehouse import delta, eventlog
-from lakehouse.config import Settings
+from lakehouse.config import Settings, isolated
 from lakehouse.maintenance import as_of
 
 START = "2026-03-02T08:00:00Z"
@@ -26,19 +26,7 @@ START = "2026-03-02T08:00:00Z"
 def medallion(stack, tmp_path_factory):
     """Settings (and the matching environment) of an isolated lakehouse: own topics, tables and checkpoints."""
     root = tmp_path_factory.mktemp("medallion")
-    env = {
-        "LAKEHOUSE__LAKEHOUSE__ROOT": str(root / "lakehouse"),
-        "LAKEHOUSE__SPARK__CHECKPOINT_ROOT": str(root / "checkpoints"),
-        "LAKEHOUSE__STREAMING__ALLOWED_LATENESS_S": "600",
-    }
-    for attr in ("transactions", "labels", "market_ticks"):
-        env[f"LAKEHOUSE__EVENTLOG__TOPICS__{attr.upper()}__NAME"] = f"medallion-{attr}"
-    os.environ.update(env)
-    try:
-        settings = Settings()
-    finally:
-        for key in env:
-            os.environ.pop(key)
+    settings, env = isolated(root, "medallion", {"LAKEHOUSE__STREAMING__ALLOWED_LATENESS_S": "600"})
     log = eventlog.from_settings(settings)
     eventlog.ensure_topics(log, settings)
     yield settings, {**os.environ, **env}, log
