@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 export PYSPARK_PYTHON := $(abspath $(PY))
 export PYSPARK_DRIVER_PYTHON := $(abspath $(PY))
 
-.PHONY: install up down status stream traffic test test-unit lint format clean-state bench optimize backfill reference
+.PHONY: install up down status stream traffic test test-unit lint format clean-state bench optimize backfill reference training-set
 
 install: $(VENV)/.installed  ## create the venv and install the project, its dev extras and redis-server
 
@@ -53,6 +53,10 @@ test-unit: install  ## only the fast tests that need no service
 backfill: up  ## re-run silver and gold from bronze for event dates FROM..TO (e.g. make backfill FROM=2026-03-01 TO=2026-03-07)
 	@test -n "$(FROM)" -a -n "$(TO)" || { echo "usage: make backfill FROM=YYYY-MM-DD TO=YYYY-MM-DD"; exit 2; }
 	$(PY) -m lakehouse.backfill --from $(FROM) --to $(TO)
+
+training-set: up  ## point-in-time training set for event dates FROM..TO (labels known by TO + 1 day + LABEL_DELAY)
+	@test -n "$(FROM)" -a -n "$(TO)" || { echo "usage: make training-set FROM=YYYY-MM-DD TO=YYYY-MM-DD [LABEL_DELAY=7d]"; exit 2; }
+	$(PY) -m features build-training-set --start $(FROM) --end $(TO) --label-delay $(or $(LABEL_DELAY),7d)
 
 reference: up  ## load conf/reference/*.csv into the silver reference tables (upsert)
 	$(PY) -m silver.reference load

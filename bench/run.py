@@ -1,8 +1,9 @@
 """``make bench``: throughput and memory of the parts built so far, printed and written to bench/results/.
 
 Measures, on the current profile's stack: traffic generation, contract validation, event-log produce and
-read, the bronze stream (event log → Spark → Delta) end to end, and the whole pipeline process (event log →
-bronze → silver) for sustained throughput and event-time-to-silver latency (bench/medallion.py).
+read, the bronze stream (event log → Spark → Delta) end to end, the whole pipeline process (event log →
+bronze → silver) for sustained throughput and event-time-to-silver latency (bench/medallion.py), and the
+feature layer: online engine, per-request Redis read + compute, training-set build (bench/features.py).
 """
 
 from __future__ import annotations
@@ -85,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--live-rate", type=float, default=1000, help="live transactions/s for the latency figure")
     parser.add_argument("--live-seconds", type=float, default=60)
     parser.add_argument("--max-records-per-trigger", type=int, default=50_000)
+    parser.add_argument("--features-events", type=int, default=200_000, help="transactions for the feature figures")
     args = parser.parse_args(argv)
     settings = get_settings()
     n = args.events
@@ -144,6 +146,11 @@ def main(argv: list[str] | None = None) -> int:
         settings, args.medallion_events, args.live_rate, args.live_seconds, args.max_records_per_trigger
     )
     rows += medallion_rows
+    print("features (online engine, Redis requests, training-set build):", flush=True)
+    from bench import features
+
+    feature_rows, feature_request = features.run(settings, args.features_events)
+    rows += feature_rows
     memory = {"bench_process_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
     memory |= {f"{name}_rss_mb": rss for name, rss in service_rss_mb(settings).items()}
     log.delete_topic(topic)
@@ -154,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(),
         "throughput": rows,
         "silver_latency": latency,
+        "feature_request": feature_request,
         "memory": memory,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)

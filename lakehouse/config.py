@@ -90,6 +90,17 @@ class StreamingSettings(BaseModel):
     label_horizon_days: int = Field(default=45, ge=1)
 
 
+class FeatureSettings(BaseModel):
+    # the online store forgets an entity this long after its last event (the longest window is 30 days)
+    ttl_days: int = Field(default=31, ge=1)
+    # states the stream keeps in memory between micro-batches (misses are read from the online store)
+    cache_entities: int = Field(default=200_000, ge=1)
+    # a request's online-store read gives up after this long and answers in degraded mode
+    request_timeout_ms: int = Field(default=200, ge=1)
+    # a training set is built this many days at a time (each chunk reads its own 30-day history)
+    training_chunk_days: int = Field(default=7, ge=1)
+
+
 class MlflowSettings(BaseModel):
     tracking_uri: str = "http://127.0.0.1:5000"
     backend_store_uri: str = "postgresql+psycopg2://postgres@127.0.0.1:5432/mlflow"
@@ -133,6 +144,7 @@ class Settings(BaseSettings):
     s3: S3Settings = S3Settings()
     lakehouse: LakehouseSettings = LakehouseSettings()
     streaming: StreamingSettings = StreamingSettings()
+    features: FeatureSettings = FeatureSettings()
     mlflow: MlflowSettings = MlflowSettings()
     spark: SparkSettings = SparkSettings()
     traffic: TrafficSettings = TrafficSettings()
@@ -178,9 +190,11 @@ ISOLATED_TOPICS = ("transactions", "labels", "market_ticks")
 
 def isolated(root: Path, tag: str, overrides: dict[str, str] | None = None) -> tuple[Settings, dict[str, str]]:
     """A lakehouse of its own on the same services: tables and checkpoints under ``root``, topics named
-    ``<tag>-<topic>``. Returns its settings and the environment that gives them to a child process."""
+    ``<tag>-<topic>``, online-store keys under the prefix ``<tag>``. Returns its settings and the environment
+    that gives them to a child process."""
     env = {
         "LAKEHOUSE__LAKEHOUSE__ROOT": str(root / "lakehouse"),
+        "LAKEHOUSE__ONLINE_STORE__KEY_PREFIX": tag,
         "LAKEHOUSE__SPARK__CHECKPOINT_ROOT": str(root / "checkpoints"),
         **{
             f"LAKEHOUSE__EVENTLOG__TOPICS__{t.upper()}__NAME": f"{tag}-{t}"

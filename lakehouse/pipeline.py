@@ -1,8 +1,9 @@
 """``make stream``: synthetic traffic into the event log and the streaming pipeline out of it, until Ctrl-C.
 
 The pipeline is every stage's queries in one Spark application: bronze (event log → bronze Delta), silver
-(bronze → silver) and gold (silver → gold). ``--available-now`` runs the stages one after the other over what
-the log holds, then exits (a catch-up or a test run).
+(bronze → silver), features (silver → online store and feature vectors) and gold (silver → gold).
+``--available-now`` runs the stages one after the other over what the log holds, then exits (a catch-up or a
+test run).
 """
 
 from __future__ import annotations
@@ -71,10 +72,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"traffic: {rate:.0f} transactions/s + market ticks (pid {traffic.pid})", file=sys.stderr)
     spark = get_spark(settings, "fraud-lakehouse-stream")
     from bronze import job as bronze_job
+    from features import job as features_job
     from gold import job as gold_job
     from silver import job as silver_job
 
-    stages = (bronze_job.start, silver_job.start, gold_job.start)
+    stages = (bronze_job.start, silver_job.start, features_job.start, gold_job.start)
     if args.available_now:
         for stage in stages:
             for q in stage(spark, settings, trigger={"availableNow": True}):

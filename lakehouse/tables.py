@@ -142,7 +142,7 @@ def load_catalog() -> dict[str, TableSpec]:
     """Every table of every stage (importing a stage's ``tables`` module registers its tables)."""
     import importlib
 
-    for module in ("lakehouse.quality", "silver.tables", "silver.reference", "gold.tables"):
+    for module in ("lakehouse.quality", "silver.tables", "silver.reference", "gold.tables", "features.tables"):
         importlib.import_module(module)
     return CATALOG
 
@@ -159,7 +159,7 @@ def markdown() -> str:
     return "\n".join(out)
 
 
-_LAYERS = ["bronze", "silver", "quality", "gold"]
+_LAYERS = ["bronze", "silver", "quality", "features", "gold"]
 
 
 def _type(t: pa.DataType) -> str:

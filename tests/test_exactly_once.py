@@ -40,6 +40,8 @@ BRONZE_QUERIES = {
 DOWNSTREAM = {
     "silver.transactions": [("bronze", "transactions"), ("bronze", "labels")],
     "silver.market_ticks": [("bronze", "market_ticks")],
+    "features.transactions": [("silver", "transactions")],
+    "features.market": [("silver", "market_ticks")],
     "gold.transactions": [("silver", "transactions")],
     "gold.market": [("silver", "market_ticks")],
 }
@@ -346,6 +348,12 @@ def test_exactly_once_through_crashes(lakehouse):
     ticks = [(r["symbol"], round(r["event_time"].timestamp() * 1000)) for r in silver_ticks]
     assert len(ticks) == len(set(ticks))
     assert set(ticks) == {(e["symbol"], e["event_time"]) for e in payloads["market_ticks"]}
+
+    # feature vectors: one per silver transaction and tick, whatever was replayed
+    vectors = table(settings, "features", "transactions").column("transaction_id").to_pylist()
+    assert len(vectors) == len(set(vectors)) and set(vectors) == tx_ids
+    tick_vectors = table(settings, "features", "market_ticks").num_rows
+    assert tick_vectors == len(ticks)
 
     # gold agrees with silver, day by day
     per_day = Counter(r["event_date"] for r in silver)

@@ -1,0 +1,148 @@
+"""The streaming feature jobs: silver changes → online states (memory + Redis) → feature vectors in Delta.
+
+``features.transactions`` reads silver.transactions' change feed: inserts are new transactions, and rows
+whose label became ``fraud`` (a label MERGE, or a transaction inserted with its early label) are fraud-label
+events at their reported time. Per micro-batch it applies both to the entity states, computes every
+transaction's features (``features.online``), appends the vectors to ``features.transactions`` exactly once
+(a Delta app transaction per batch), then writes the touched states to the online store. In that order a
+crash before the Delta commit replays the batch on the states before it (the same vectors), and a crash
+after it skips the commit and re-applies the batch to the states, which ignores events already in them.
+``features.market`` does the same for silver.market_ticks.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from datetime import UTC, datetime
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql.streaming import StreamingQuery
+
+from features import online
+from features.definitions import (
+    FEATURE_VERSION,
+    MARKET_FEATURES,
+    TRANSACTION_FEATURES,
+    TRANSACTION_INPUTS,
+    Feature,
+)
+from features.store import OnlineStore, StateCache
+from features.tables import MARKET_FEATURES_TABLE, TRANSACTION_FEATURES_TABLE, feature_fields
+from lakehouse import delta
+from lakehouse.config import Settings
+from lakehouse.delta_source import read_delta_stream
+from lakehouse.streaming import checkpoint_dir, query_id, start_batches
+from lakehouse.tables import TS, TableSpec, conform, ensure
+from silver.tables import MARKET_TICKS, TRANSACTIONS
+
+TX_QUERY, TICKS_QUERY = "features.transactions", "features.market"
+TX_COLUMNS = (*TRANSACTION_INPUTS, "event_date", "label", "label_reported_at", "_change_type")
+
+
+def millis(col: pa.ChunkedArray) -> pa.Array:
+    """Timestamps as integer UTC milliseconds (``unix_millis`` in Spark)."""
+    return pc.cast(pc.cast(col, pa.timestamp("ms", "UTC"), safe=False), pa.int64())
+
+
+def fraud_label_events(changes: pa.Table) -> list[dict]:
+    """Rows of the change feed whose (latest) label is fraud: one event per transaction, at its reported time."""
+    fraud = changes.filter(pc.and_(pc.equal(changes["label"], "fraud"), pc.is_valid(changes["label_reported_at"])))
+    return (
+        fraud.select(["transaction_id", "terminal_id", "merchant_id"])
+        .append_column("reported_ms", millis(fraud["label_reported_at"]))
+        .to_pylist()
+    )
+
+
+class FeatureBatch:
+    """foreachBatch of a feature query: states (memory + online store) → vectors in Delta, then the states."""
+
+    features: list[Feature]
+
+    def __init__(self, settings: Settings, name: str, output: TableSpec):
+        self.settings, self.name, self.output = settings, name, output
+        self.cache = StateCache(OnlineStore(settings), settings.features.cache_entities)
+        self.retention_ms = online.raw_retention_ms(settings.streaming.allowed_lateness_s)
+
+    def compute(self, changes: pa.Table) -> tuple[pa.Table, list[dict], set, str]:
+        """(key columns, feature rows, states touched, a note for the progress line) of one batch."""
+        raise NotImplementedError
+
+    def __call__(self, batch: DataFrame, batch_id: int) -> None:
+        t0 = time.monotonic()
+        changes = batch.toArrow()
+        if changes.num_rows == 0:
+            return
+        keys, rows, touched, note = self.compute(changes)
+        written = self.write(keys, rows, batch_id)
+        self.cache.flush(touched, f"{self.name}:{batch_id}")
+        print(
+            f"[{self.name}] batch {batch_id}: {keys.num_rows} vectors {'written' if written else 'already committed'}"
+            f", {note}, in {time.monotonic() - t0:.2f} s",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def write(self, keys: pa.Table, rows: list[dict], batch_id: int) -> bool:
+        vectors = pa.Table.from_pylist(rows, schema=pa.schema(feature_fields(self.features)))
+        out = pa.Table.from_arrays([*keys.columns, *vectors.columns], names=[*keys.column_names, *vectors.column_names])
+        n = out.num_rows
+        now = pa.array([datetime.now(UTC)] * n, TS)
+        version = pa.array([FEATURE_VERSION] * n, pa.string())
+        return delta.write_batch(
+            self.settings,
+            self.output.uri(self.settings),
+            conform(out, self.output, feature_version=version, computed_at=now),
+            app_id=query_id(checkpoint_dir(self.settings, self.name)),
+            batch_id=batch_id,
+            partition_by=self.output.partition_by,
+        )
+
+
+class TransactionFeaturesBatch(FeatureBatch):
+    features = TRANSACTION_FEATURES
+
+    def __init__(self, settings: Settings):
+        super().__init__(settings, TX_QUERY, TRANSACTION_FEATURES_TABLE)
+
+    def compute(self, changes: pa.Table) -> tuple[pa.Table, list[dict], set, str]:
+        inserts = changes.filter(pc.equal(changes["_change_type"], "insert"))
+        inserts = inserts.append_column("ts", millis(inserts["event_time"]))
+        labels = fraud_label_events(changes)
+        txs = inserts.select([*TRANSACTION_INPUTS, "ts"]).to_pylist()
+        keys = [("card", t["card_id"]) for t in txs]
+        keys += [(p, r[f"{p}_id"]) for r in (*txs, *labels) for p in online.PLACES if r.get(f"{p}_id") is not None]
+        self.cache.prefetch(keys)
+        rows, touched = online.transactions_batch(self.cache.get, txs, labels, self.retention_ms)
+        key_columns = inserts.select(["transaction_id", "card_id", "event_time", "event_date"])
+        return key_columns, rows, touched, f"{len(labels)} fraud labels, {len(touched)} states"
+
+
+class MarketFeaturesBatch(FeatureBatch):
+    features = MARKET_FEATURES
+
+    def __init__(self, settings: Settings):
+        super().__init__(settings, TICKS_QUERY, MARKET_FEATURES_TABLE)
+
+    def compute(self, ticks: pa.Table) -> tuple[pa.Table, list[dict], set, str]:
+        ticks = ticks.append_column("ts", millis(ticks["event_time"]))
+        rows, touched = online.ticks_batch(self.cache.get, ticks.select(["symbol", "ts", "price"]).to_pylist())
+        key_columns = ticks.select(["symbol", "event_time", "price", "event_date"])
+        return key_columns, rows, touched, f"{len(touched)} symbols"
+
+
+def start(spark: SparkSession, settings: Settings, trigger: dict | None = None) -> list[StreamingQuery]:
+    """Start both feature queries (tables are created first, so they may start before any data)."""
+    for spec in (TRANSACTIONS, MARKET_TICKS, TRANSACTION_FEATURES_TABLE, MARKET_FEATURES_TABLE):
+        ensure(settings, spec)
+    tx = read_delta_stream(spark, settings, TRANSACTIONS.uri(settings)).select(*TX_COLUMNS)
+    ticks = read_delta_stream(spark, settings, MARKET_TICKS.uri(settings)).select(
+        "symbol", "event_time", "price", "event_date"
+    )
+    return [
+        start_batches(settings, TX_QUERY, tx, TransactionFeaturesBatch(settings), trigger=trigger),
+        start_batches(settings, TICKS_QUERY, ticks, MarketFeaturesBatch(settings), trigger=trigger),
+    ]

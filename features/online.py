@@ -1,0 +1,332 @@
+"""The online engine: bounded state per entity and the features of one event computed from it.
+
+Used by the stream (apply a micro-batch's events to the state, then compute each event's features) and by the
+API (compute a request's features from the state in Redis, without changing it): the same code, so the same
+values. The state is plain JSON-able data:
+
+- card: ``raw`` events of the last ``retention`` (time, id, amount, merchant, country, device, lat, lon),
+  hourly ``tiles`` of older events (count, sum, sum of squares, countries), the last time each device and
+  country was used by older events, and the ``anchor`` (the newest older event, for time-since-last);
+- terminal / merchant: ``raw`` (time, id, kind 0 = transaction, 1 = fraud label by reported time) and hourly
+  ``tiles`` (transactions, fraud labels);
+- symbol: the newest ``MAX_TICKS`` ticks (time, price).
+
+Every event is in exactly one of raw or tiles, so windows are exact as long as events arrive no later than
+``retention - 1 h`` behind the newest one (silver's watermark guarantees it; see ``raw_retention_ms``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Iterable
+
+from features.context import context_values, haversine_km, location, speed_kmh
+from features.definitions import (
+    CARD_WINDOWS,
+    EXACT_HISTORY,
+    LOOKBACK,
+    PLACE_WINDOWS,
+    TICK_WINDOWS,
+    TILE_MS,
+)
+
+MAX_TICKS = max(TICK_WINDOWS) + 8
+PLACES = ("terminal", "merchant")
+
+
+def raw_retention_ms(allowed_lateness_s: int) -> int:
+    """How long raw events stay in the state: the exact window, the current hour and the allowed lateness."""
+    return EXACT_HISTORY.ms + allowed_lateness_s * 1000 + 300_000
+
+
+def new_card() -> dict:
+    return {"raw": [], "tiles": {}, "devices": {}, "countries": {}, "anchor": None, "max": None, "pruned": None}
+
+
+def new_place() -> dict:
+    return {"raw": [], "tiles": {}, "max": None, "pruned": None}
+
+
+def new_symbol() -> dict:
+    return {"ticks": []}
+
+
+# ---- applying events ---------------------------------------------------------------------------------------
+
+
+def _add(state: dict, event: list, key: slice) -> bool:
+    """Add ``event`` to ``state["raw"]`` unless it is already in the state (a replayed batch): an event with
+    the same key is in ``raw``, or it is older than the last pruning's cut-off (so it is, or would have been,
+    in the tiles; silver's watermark keeps first arrivals newer than that)."""
+    if (state["pruned"] is not None and event[0] < state["pruned"]) or any(e[key] == event[key] for e in state["raw"]):
+        return False
+    state["raw"].append(event)
+    state["max"] = event[0] if state["max"] is None else max(state["max"], event[0])
+    return True
+
+
+def card_event(tx: dict, ts_ms: int) -> list:
+    lat, lon = location(tx)
+    return [ts_ms, tx["transaction_id"], tx["amount"], tx["merchant_id"], tx["country"], tx.get("device_id"), lat, lon]
+
+
+def apply_card(state: dict, tx: dict, ts_ms: int) -> bool:
+    return _add(state, card_event(tx, ts_ms), slice(1, 2))
+
+
+def apply_place(state: dict, ts_ms: int, event_id: str, kind: int) -> bool:
+    """A transaction (kind 0, at its event time) or a fraud label (kind 1, at its reported time)."""
+    return _add(state, [ts_ms, event_id, kind], slice(1, 3))
+
+
+def _fold_card(state: dict, e: list) -> None:
+    ts, tx_id, amount, _merchant, country, device, lat, lon = e
+    tile = state["tiles"].setdefault(str(ts // TILE_MS), [0, 0.0, 0.0, []])
+    tile[0] += 1
+    tile[1] += amount
+    tile[2] += amount * amount
+    if country not in tile[3]:
+        tile[3].append(country)
+    if device is not None:
+        state["devices"][device] = max(state["devices"].get(device, ts), ts)
+    state["countries"][country] = max(state["countries"].get(country, ts), ts)
+    if state["anchor"] is None or (ts, tx_id) > tuple(state["anchor"][:2]):
+        state["anchor"] = [ts, tx_id, lat, lon]
+
+
+def _fold_place(state: dict, e: list) -> None:
+    state["tiles"].setdefault(str(e[0] // TILE_MS), [0, 0])[e[2]] += 1
+
+
+def _prune(state: dict, retention_ms: int, fold: Callable[[dict, list], None], last_seen: tuple[str, ...]) -> None:
+    """Fold raw events older than ``retention_ms`` behind the newest into tiles; forget what no window needs."""
+    cutoff = _cutoff(state, retention_ms)
+    keep = []
+    for e in state["raw"]:
+        if e[0] >= cutoff:
+            keep.append(e)
+        else:
+            fold(state, e)
+    state["raw"] = keep
+    _forget(state, last_seen)
+
+
+def prune_card(state: dict, retention_ms: int) -> None:
+    _prune(state, retention_ms, _fold_card, ("devices", "countries"))
+
+
+def prune_place(state: dict, retention_ms: int) -> None:
+    _prune(state, retention_ms, _fold_place, ())
+
+
+def _cutoff(state: dict, retention_ms: int) -> int:
+    state["pruned"] = max(state["pruned"] or 0, state["max"] - retention_ms)
+    return state["pruned"]
+
+
+def _forget(state: dict, last_seen: tuple[str, ...]) -> None:
+    """Drop tiles and last-use times that no event at or after the cut-off can see any more."""
+    oldest_tile = state["pruned"] // TILE_MS - LOOKBACK.tiles - 1
+    state["tiles"] = {k: v for k, v in state["tiles"].items() if int(k) >= oldest_tile}
+    for name in last_seen:
+        state[name] = {k: v for k, v in state[name].items() if v >= state["pruned"] - LOOKBACK.ms - TILE_MS}
+
+
+def apply_tick(state: dict, ts_ms: int, price: float) -> bool:
+    ticks = state["ticks"]
+    if any(t[0] == ts_ms for t in ticks):
+        return False
+    ticks.append([ts_ms, price])
+    ticks.sort(key=lambda t: t[0])
+    del ticks[:-MAX_TICKS]
+    return True
+
+
+# ---- computing features -----------------------------------------------------------------------------------
+
+
+def _tiles_between(tiles: dict, lo: int, hi: int) -> Iterable[list]:
+    return (v for k, v in tiles.items() if lo <= int(k) < hi)
+
+
+def card_features(state: dict, tx: dict, ts_ms: int) -> dict:
+    """The card features of ``tx`` at ``ts_ms`` from the card's state (events before ``ts_ms`` only)."""
+    hour = ts_ms // TILE_MS
+    before = [e for e in state["raw"] if e[0] < ts_ms]
+    out: dict = {}
+    sums: dict = {}
+    for w in CARD_WINDOWS:
+        if w.tiled:
+            lo = hour - w.tiles
+            events = [e for e in before if e[0] // TILE_MS >= lo]
+            tiles = list(_tiles_between(state["tiles"], lo, hour))
+            n = len(events) + sum(t[0] for t in tiles)
+            s = sum(e[2] for e in events) + sum(t[1] for t in tiles)
+            ss = sum(e[2] * e[2] for e in events) + sum(t[2] for t in tiles)
+        else:
+            events = [e for e in before if e[0] >= ts_ms - w.ms]
+            n, s = len(events), sum(e[2] for e in events)
+            ss = None
+        sums[w.name] = (n, s, ss)
+        out[f"card_tx_count_{w.name}"] = n
+        out[f"card_amount_sum_{w.name}"] = float(s)
+        out[f"card_amount_mean_{w.name}"] = s / n if n else None
+
+    out["card_distinct_merchants_1h"] = len({e[3] for e in before if e[0] >= ts_ms - 3_600_000})
+    lo = hour - 24
+    countries = {e[4] for e in before if e[0] // TILE_MS >= lo}
+    for t in _tiles_between(state["tiles"], lo, hour):
+        countries.update(t[3])
+    out["card_distinct_countries_24h"] = len(countries)
+
+    n, s, ss = sums["30d"]
+    out["card_amount_zscore_30d"] = zscore(tx["amount"], n, s, ss)
+
+    prev = max(before, key=lambda e: (e[0], e[1]), default=None)
+    anchor = state["anchor"]
+    if prev is not None:
+        prev = (prev[0], prev[6], prev[7])
+    elif anchor is not None and anchor[0] < ts_ms:
+        prev = (anchor[0], anchor[2], anchor[3])
+    lat, lon = location(tx)
+    out["card_seconds_since_last"] = None if prev is None else (ts_ms - prev[0]) / 1000
+    if prev is None or None in (prev[1], prev[2], lat, lon):
+        out["card_prev_distance_km"] = out["card_prev_speed_kmh"] = None
+    else:
+        d = haversine_km(prev[1], prev[2], lat, lon)
+        out["card_prev_distance_km"] = d
+        out["card_prev_speed_kmh"] = speed_kmh(d, (ts_ms - prev[0]) / 1000)
+
+    since = ts_ms - LOOKBACK.ms
+    device = tx.get("device_id")
+    out["card_new_device"] = (
+        None
+        if device is None
+        else not (
+            any(e[5] == device and e[0] >= since for e in before) or since <= state["devices"].get(device, -1) < ts_ms
+        )
+    )
+    country = tx["country"]
+    out["card_new_country"] = not (
+        any(e[4] == country and e[0] >= since for e in before) or since <= state["countries"].get(country, -1) < ts_ms
+    )
+    return out
+
+
+def zscore(amount: float, n: int, s: float, ss: float) -> float | None:
+    """``amount`` against the sample mean and std of ``n`` values with sum ``s`` and sum of squares ``ss``."""
+    if n < 2:
+        return None
+    var = (ss - s * s / n) / (n - 1)
+    if var <= 0:
+        return None
+    return (amount - s / n) / math.sqrt(var)
+
+
+def place_features(entity: str, state: dict | None, ts_ms: int) -> dict:
+    """Transactions and fraud labels known at ``ts_ms`` at a terminal or merchant (all null without one)."""
+    out: dict = {}
+    hour = ts_ms // TILE_MS
+    for w in PLACE_WINDOWS:
+        if state is None:
+            n = f = None
+        else:
+            lo = hour - w.tiles
+            events = [e for e in state["raw"] if e[0] < ts_ms and e[0] // TILE_MS >= lo]
+            tiles = list(_tiles_between(state["tiles"], lo, hour))
+            n = sum(1 for e in events if e[2] == 0) + sum(t[0] for t in tiles)
+            f = sum(1 for e in events if e[2] == 1) + sum(t[1] for t in tiles)
+        out[f"{entity}_tx_count_{w.name}"] = n
+        out[f"{entity}_fraud_count_{w.name}"] = f
+        out[f"{entity}_fraud_rate_{w.name}"] = f / n if n else None
+    return out
+
+
+def transaction_features(card: dict, places: dict[str, dict | None], tx: dict, ts_ms: int) -> dict:
+    """Every transaction feature of ``tx`` (enriched, with ``TRANSACTION_INPUTS``) from the entities' states;
+    ``places`` maps terminal/merchant to their state (None when the transaction has none)."""
+    return {
+        **card_features(card, tx, ts_ms),
+        **place_features("terminal", places.get("terminal"), ts_ms),
+        **place_features("merchant", places.get("merchant"), ts_ms),
+        **context_values(tx, ts_ms),
+    }
+
+
+def _std(xs: list[float]) -> float:
+    m = sum(xs) / len(xs)
+    return math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
+
+
+def tick_features(state: dict, ts_ms: int, price: float) -> dict:
+    """Market features of a tick from the symbol's earlier ticks."""
+    prices = [p for t, p in state["ticks"] if t < ts_ms] + [price]
+    returns = [math.log(b / a) for a, b in itertools.pairwise(prices)]
+    out: dict = {"tick_log_return": returns[-1] if returns else None}
+    for n in TICK_WINDOWS:
+        out[f"tick_volatility_{n}"] = _std(returns[-n:]) if len(returns) >= n else None
+    for n in TICK_WINDOWS:
+        z = None
+        if len(returns) > n:
+            prev = returns[-n - 1 : -1]
+            sd = _std(prev)
+            z = (returns[-1] - sum(prev) / n) / sd if sd > 0 else None
+        out[f"tick_return_zscore_{n}"] = z
+    for n in TICK_WINDOWS:
+        out[f"tick_momentum_{n}"] = math.log(price / prices[-1 - n]) if len(prices) > n else None
+    return out
+
+
+# ---- a micro-batch -----------------------------------------------------------------------------------------
+
+NEW_STATE = {"card": new_card, "terminal": new_place, "merchant": new_place, "symbol": new_symbol}
+StateGetter = Callable[[str, str], dict]  # (entity, key) -> that entity's state (a new one if unknown)
+
+
+def transactions_batch(
+    state: StateGetter, txs: list[dict], fraud_labels: list[dict], retention_ms: int
+) -> tuple[list[dict], set[tuple[str, str]]]:
+    """Apply a micro-batch to the states, then compute each transaction's features.
+
+    ``txs`` carry ``TRANSACTION_INPUTS`` and ``ts`` (event time, ms); ``fraud_labels`` carry transaction_id,
+    terminal_id, merchant_id and ``reported_ms``. Features only see earlier events, so applying the whole batch
+    first gives every transaction its point-in-time value whatever the order inside the batch; a replayed
+    batch changes nothing (events are keyed by id). Returns the feature rows and the (entity, key) touched.
+    """
+    touched: set[tuple[str, str]] = set()
+    for tx in txs:
+        apply_card(state("card", tx["card_id"]), tx, tx["ts"])
+        touched.add(("card", tx["card_id"]))
+        for place in PLACES:
+            key = tx.get(f"{place}_id")
+            if key is not None:
+                apply_place(state(place, key), tx["ts"], tx["transaction_id"], 0)
+                touched.add((place, key))
+    for label in fraud_labels:
+        for place in PLACES:
+            key = label.get(f"{place}_id")
+            if key is not None:
+                apply_place(state(place, key), label["reported_ms"], label["transaction_id"], 1)
+                touched.add((place, key))
+    rows = []
+    for tx in txs:
+        places = {p: state(p, tx[f"{p}_id"]) if tx.get(f"{p}_id") is not None else None for p in PLACES}
+        rows.append(transaction_features(state("card", tx["card_id"]), places, tx, tx["ts"]))
+    for entity, key in touched:
+        (prune_card if entity == "card" else prune_place)(state(entity, key), retention_ms)
+    return rows, touched
+
+
+def ticks_batch(state: StateGetter, ticks: list[dict]) -> tuple[list[dict], set[tuple[str, str]]]:
+    """Market features of a micro-batch of ticks (symbol, ts, price), applied in time order."""
+    rows = []
+    for tick in sorted(ticks, key=lambda t: t["ts"]):
+        s = state("symbol", tick["symbol"])
+        apply_tick(s, tick["ts"], tick["price"])
+        rows.append(tick_features(s, tick["ts"], tick["price"]))
+    order = sorted(range(len(ticks)), key=lambda i: ticks[i]["ts"])
+    out = [None] * len(ticks)
+    for i, row in zip(order, rows, strict=True):
+        out[i] = row
+    return out, {("symbol", t["symbol"]) for t in ticks}
