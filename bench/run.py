@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--live-rate", type=float, default=1000, help="live transactions/s for the latency figure")
     parser.add_argument("--live-seconds", type=float, default=60)
     parser.add_argument("--max-records-per-trigger", type=int, default=50_000)
-    parser.add_argument("--features-events", type=int, default=200_000, help="transactions for the feature figures")
+    parser.add_argument("--features-events", type=int, default=1_000_000, help="transactions for the feature figures")
     args = parser.parse_args(argv)
     settings = get_settings()
     n = args.events

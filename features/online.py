@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
 from features.context import context_values, haversine_km, location, speed_kmh
 from features.definitions import (
@@ -29,6 +29,7 @@ from features.definitions import (
     PLACE_WINDOWS,
     TICK_WINDOWS,
     TILE_MS,
+    W24H,
 )
 
 MAX_TICKS = max(TICK_WINDOWS) + 8
@@ -102,6 +103,7 @@ def _fold_place(state: dict, e: list) -> None:
 def _prune(state: dict, retention_ms: int, fold: Callable[[dict, list], None], last_seen: tuple[str, ...]) -> None:
     """Fold raw events older than ``retention_ms`` behind the newest into tiles; forget what no window needs."""
     cutoff = _cutoff(state, retention_ms)
+    state.pop("_memo", None)
     keep = []
     for e in state["raw"]:
         if e[0] >= cutoff:
@@ -146,8 +148,30 @@ def apply_tick(state: dict, ts_ms: int, price: float) -> bool:
 # ---- computing features -----------------------------------------------------------------------------------
 
 
-def _tiles_between(tiles: dict, lo: int, hi: int) -> Iterable[list]:
-    return (v for k, v in tiles.items() if lo <= int(k) < hi)
+def _tile_sums(state: dict, hour: int, spans: tuple[int, ...], width: int, countries: int = 0) -> tuple:
+    """Per span N, the element-wise sums of the first ``width`` fields of the tiles in [hour - N, hour), and the
+    union of the countries of the last ``countries`` hours. Memoised per state and hour until the tiles change
+    (``_prune``), so a micro-batch sums an entity's tiles once, not once per event."""
+    memo = state.setdefault("_memo", {})
+    if hour not in memo:
+        acc = {n: [0] * width for n in spans}
+        seen: set = set()
+        for k, tile in state["tiles"].items():
+            age = hour - int(k)
+            if age < 1:
+                continue
+            for n, a in acc.items():
+                if age <= n:
+                    for i in range(width):
+                        a[i] += tile[i]
+            if age <= countries:
+                seen.update(tile[3])
+        memo[hour] = (acc, seen)
+    return memo[hour]
+
+
+CARD_SPANS = tuple(w.tiles for w in CARD_WINDOWS if w.tiled)
+PLACE_SPANS = tuple(w.tiles for w in PLACE_WINDOWS)
 
 
 def card_features(state: dict, tx: dict, ts_ms: int) -> dict:
@@ -156,14 +180,15 @@ def card_features(state: dict, tx: dict, ts_ms: int) -> dict:
     before = [e for e in state["raw"] if e[0] < ts_ms]
     out: dict = {}
     sums: dict = {}
+    tiled, countries = _tile_sums(state, hour, CARD_SPANS, 3, countries=W24H.tiles)
     for w in CARD_WINDOWS:
         if w.tiled:
             lo = hour - w.tiles
-            events = [e for e in before if e[0] // TILE_MS >= lo]
-            tiles = list(_tiles_between(state["tiles"], lo, hour))
-            n = len(events) + sum(t[0] for t in tiles)
-            s = sum(e[2] for e in events) + sum(t[1] for t in tiles)
-            ss = sum(e[2] * e[2] for e in events) + sum(t[2] for t in tiles)
+            events = [e[2] for e in before if e[0] // TILE_MS >= lo]
+            n0, s0, ss0 = tiled[w.tiles]
+            n = len(events) + n0
+            s = sum(events) + s0
+            ss = sum(a * a for a in events) + ss0
         else:
             events = [e for e in before if e[0] >= ts_ms - w.ms]
             n, s = len(events), sum(e[2] for e in events)
@@ -174,11 +199,8 @@ def card_features(state: dict, tx: dict, ts_ms: int) -> dict:
         out[f"card_amount_mean_{w.name}"] = s / n if n else None
 
     out["card_distinct_merchants_1h"] = len({e[3] for e in before if e[0] >= ts_ms - 3_600_000})
-    lo = hour - 24
-    countries = {e[4] for e in before if e[0] // TILE_MS >= lo}
-    for t in _tiles_between(state["tiles"], lo, hour):
-        countries.update(t[3])
-    out["card_distinct_countries_24h"] = len(countries)
+    lo = hour - W24H.tiles
+    out["card_distinct_countries_24h"] = len(countries | {e[4] for e in before if e[0] // TILE_MS >= lo})
 
     n, s, ss = sums["30d"]
     out["card_amount_zscore_30d"] = zscore(tx["amount"], n, s, ss)
@@ -227,16 +249,19 @@ def zscore(amount: float, n: int, s: float, ss: float) -> float | None:
 def place_features(entity: str, state: dict | None, ts_ms: int) -> dict:
     """Transactions and fraud labels known at ``ts_ms`` at a terminal or merchant (all null without one)."""
     out: dict = {}
-    hour = ts_ms // TILE_MS
+    counts: dict = {}
+    if state is not None:
+        hour = ts_ms // TILE_MS
+        tiled, _ = _tile_sums(state, hour, PLACE_SPANS, 2)
+        counts = {n: list(v) for n, v in tiled.items()}
+        for e in state["raw"]:
+            if e[0] < ts_ms:
+                age = hour - e[0] // TILE_MS
+                for n, c in counts.items():
+                    if age <= n:
+                        c[e[2]] += 1
     for w in PLACE_WINDOWS:
-        if state is None:
-            n = f = None
-        else:
-            lo = hour - w.tiles
-            events = [e for e in state["raw"] if e[0] < ts_ms and e[0] // TILE_MS >= lo]
-            tiles = list(_tiles_between(state["tiles"], lo, hour))
-            n = sum(1 for e in events if e[2] == 0) + sum(t[0] for t in tiles)
-            f = sum(1 for e in events if e[2] == 1) + sum(t[1] for t in tiles)
+        n, f = counts.get(w.tiles, (None, None))
         out[f"{entity}_tx_count_{w.name}"] = n
         out[f"{entity}_fraud_count_{w.name}"] = f
         out[f"{entity}_fraud_rate_{w.name}"] = f / n if n else None

@@ -67,7 +67,7 @@ class OnlineStore:
             with self.client.pipeline(transaction=True) as pipe:
                 for (entity, key), state in states.items():
                     name = self.key(entity, key)
-                    fields = {f: json.dumps(v, separators=(",", ":")) for f, v in state.items()}
+                    fields = {f: json.dumps(v, separators=(",", ":")) for f, v in state.items() if f[0] != "_"}
                     pipe.hset(name, mapping={**fields, "updated_at": now, "batch": batch})
                     pipe.expire(name, self.ttl_s)
                 pipe.hset(f"{self.prefix}:meta", mapping={"batch": batch, "updated_at": now})
