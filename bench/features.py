@@ -29,6 +29,7 @@ from silver import reference
 from silver.tables import TRANSACTIONS
 
 BATCH = 2000
+PLACE_KEYS = ("transaction_id", "terminal_id", "merchant_id")
 
 
 def _silver_table(txs: list[dict], labels: dict[str, dict]) -> pa.Table:
@@ -77,20 +78,25 @@ def run(settings: Settings, n: int, requests: int = 5000) -> tuple[list[dict], d
     retention = online.raw_retention_ms(settings.streaming.allowed_lateness_s)
     enriched = [{**lookup.enrich(t), "ts": t["event_time"]} for t in history]
     by_id = {t["transaction_id"]: t for t in history}
+    fraud = sorted(
+        (
+            {**{k: by_id[t][k] for k in PLACE_KEYS}, "reported_ms": lb["reported_at"]}
+            for t, lb in labels.items()
+            if lb["label"] == "fraud" and t in by_id
+        ),
+        key=lambda f: f["reported_ms"],
+    )
     t0 = time.perf_counter()
+    j = 0
     for i in range(0, len(enriched), BATCH):
         chunk = enriched[i : i + BATCH]
-        hi = chunk[-1]["ts"]
-        lo = chunk[0]["ts"]
-        fraud = [
-            {
-                **{k: by_id[t][k] for k in ("transaction_id", "terminal_id", "merchant_id")},
-                "reported_ms": lb["reported_at"],
-            }
-            for t, lb in labels.items()
-            if lb["label"] == "fraud" and t in by_id and lo <= lb["reported_at"] <= hi
-        ]
-        online.transactions_batch(state, chunk, fraud, retention)
+        k = j
+        while k < len(fraud) and fraud[k]["reported_ms"] <= chunk[-1]["ts"]:
+            k += 1
+        online.transactions_batch(state, chunk, fraud[j:k], retention)
+        j = k
+        if (i // BATCH) % 100 == 99:
+            print(f"    stream engine: {i + len(chunk):,}/{n:,} transactions", flush=True)
     rows.append(report("features: stream engine (batches of 2000)", n, time.perf_counter() - t0))
 
     store = OnlineStore(iso)
