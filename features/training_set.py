@@ -22,10 +22,9 @@ from pyspark.sql import functions as F
 from features import offline
 from features.definitions import FEATURE_VERSION, LOOKBACK
 from features.tables import training_set_spec
-from gold.job import date_predicate
 from lakehouse import delta
 from lakehouse.config import Settings
-from lakehouse.delta_source import read_delta
+from lakehouse.delta_source import event_date_range, read_delta
 from lakehouse.tables import TS, conform, ensure
 from silver.tables import TRANSACTIONS
 
@@ -35,8 +34,7 @@ def label_cutoff(end: date, label_delay: timedelta) -> datetime:
 
 
 def _silver(spark: SparkSession, settings: Settings, start: date, end: date) -> DataFrame:
-    flt = [["event_date", ">=", start.isoformat()], ["event_date", "<=", end.isoformat()]]
-    return read_delta(spark, settings, TRANSACTIONS.uri(settings), partition_filter=flt)
+    return read_delta(spark, settings, TRANSACTIONS.uri(settings), partition_filter=event_date_range(start, end))
 
 
 def training_rows(tx: DataFrame, labels: DataFrame, start: date, end: date, cutoff: datetime) -> DataFrame:
@@ -90,7 +88,7 @@ def build(
             batch_id=time.time_ns(),
             partition_by=spec.partition_by,
             mode="overwrite",
-            predicate=date_predicate([lo + timedelta(days=i) for i in range((hi - lo).days + 1)]),
+            predicate=delta.date_predicate(delta.days(lo, hi)),
         )
         total += n
         elapsed = time.monotonic() - t0

@@ -37,10 +37,6 @@ GOLD_FROM_TRANSACTIONS: list[tuple[TableSpec, Aggregate]] = [
 GOLD_FROM_TICKS: list[tuple[TableSpec, Aggregate]] = [(MARKET_RISK_DAILY, transforms.market_risk_daily)]
 
 
-def date_predicate(dates: list[date]) -> str:
-    return "event_date IN (" + ", ".join(f"'{d.isoformat()}'" for d in sorted(dates)) + ")"
-
-
 def recompute(
     spark: SparkSession,
     settings: Settings,
@@ -69,7 +65,7 @@ def recompute(
                 batch_id=batch_id,
                 partition_by=spec.partition_by,
                 mode="overwrite",
-                predicate=date_predicate(dates),
+                predicate=delta.date_predicate(dates),
             )
             written[spec.full_name] = table.num_rows
     finally:

@@ -16,10 +16,10 @@ import pyarrow as pa
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from gold.job import GOLD_FROM_TICKS, GOLD_FROM_TRANSACTIONS, date_predicate, recompute
+from gold.job import GOLD_FROM_TICKS, GOLD_FROM_TRANSACTIONS, recompute
 from lakehouse import delta, quality
 from lakehouse.config import Settings, get_settings
-from lakehouse.delta_source import read_delta
+from lakehouse.delta_source import event_date_range, read_delta
 from lakehouse.spark import get_spark
 from lakehouse.tables import TS, TableSpec, conform, get
 from silver import expectations
@@ -29,8 +29,8 @@ from silver.transforms import classify, enrich, latest_labels, parse_events
 
 
 def _bronze(spark: SparkSession, settings: Settings, table: str, start: date, end: date):
-    flt = [["event_date", ">=", start.isoformat()], ["event_date", "<=", end.isoformat()]]
-    return read_delta(spark, settings, get(f"bronze.{table}").uri(settings), partition_filter=flt)
+    uri = get(f"bronze.{table}").uri(settings)
+    return read_delta(spark, settings, uri, partition_filter=event_date_range(start, end))
 
 
 def _replace(settings: Settings, spec: TableSpec, rows: pa.Table, dates: list[date], app_id: str) -> None:
@@ -43,14 +43,14 @@ def _replace(settings: Settings, spec: TableSpec, rows: pa.Table, dates: list[da
         batch_id=0,
         partition_by=spec.partition_by,
         mode="overwrite",
-        predicate=date_predicate(dates),
+        predicate=delta.date_predicate(dates),
     )
 
 
 def backfill(spark: SparkSession, settings: Settings, start: date, end: date) -> dict[str, int]:
     """Rebuild silver and gold for event dates ``start``..``end``; returns rows written per table."""
     ensure_tables(settings)
-    dates = [start + timedelta(days=i) for i in range((end - start).days + 1)]
+    dates = delta.days(start, end)
     run_id = f"backfill/{datetime.now(UTC):%Y%m%dT%H%M%S%f}"
     refs = ReferenceCache(spark, settings).frames()
     tx = classify(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from datetime import date, timedelta
 
 import pyarrow as pa
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
@@ -20,6 +21,16 @@ from deltalake.table import TableMerger
 
 from lakehouse.config import Settings
 from lakehouse.storage import storage_options
+
+
+def days(start: date, end: date) -> list[date]:
+    """Every date from ``start`` to ``end``, both included."""
+    return [start + timedelta(days=i) for i in range((end - start).days + 1)]
+
+
+def date_predicate(dates: list[date]) -> str:
+    """A Delta predicate selecting the ``event_date`` partitions of ``dates`` (for partition overwrites)."""
+    return "event_date IN (" + ", ".join(f"'{d.isoformat()}'" for d in sorted(dates)) + ")"
 
 
 def table_exists(settings: Settings, uri: str) -> bool:

@@ -33,7 +33,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -466,6 +466,11 @@ def read_delta_stream(
     if starting_version is not None:
         reader = reader.option("startingVersion", str(starting_version))
     return reader.load(uri)
+
+
+def event_date_range(start: date, end: date) -> list[list[str]]:
+    """A ``partition_filter`` for the ``event_date`` partitions from ``start`` to ``end``, both included."""
+    return [["event_date", ">=", start.isoformat()], ["event_date", "<=", end.isoformat()]]
 
 
 def read_delta(
