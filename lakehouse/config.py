@@ -198,7 +198,7 @@ def isolated(root: Path, tag: str, overrides: dict[str, str] | None = None) -> t
         "LAKEHOUSE__SPARK__CHECKPOINT_ROOT": str(root / "checkpoints"),
         **{
             f"LAKEHOUSE__EVENTLOG__TOPICS__{t.upper()}__NAME": f"{tag}-{t}"
-            for t in ("transactions", "labels", "market_ticks")
+            for t in ISOLATED_TOPICS
         },
         **(overrides or {}),
     }
