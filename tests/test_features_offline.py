@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from chispa import assert_approx_df_equality
 from pyspark.sql import functions as F
+from support import same
 
 from features import offline, online
 from features.definitions import MARKET_FEATURE_NAMES, TRANSACTION_FEATURE_NAMES
@@ -273,14 +274,6 @@ def online_in_batches(
         complete |= {e["transaction_id"] for e in same_ms if "ts" in e and batch_of(e) >= seen}
         seen = max(seen, *(batch_of(e) for e in same_ms))
     return rows, complete
-
-
-def same(a: object, b: object) -> bool:
-    if a is None or b is None:
-        return a is None and b is None
-    if isinstance(a, bool) or isinstance(b, bool):
-        return a is b
-    return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9)
 
 
 def mismatches(offline_rows: dict, online_rows: dict, names: list[str]) -> list[tuple]:

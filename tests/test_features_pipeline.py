@@ -8,14 +8,12 @@ features → gold, real processes), then ``python -m features build-training-set
 from __future__ import annotations
 
 import json
-import math
 import os
-import subprocess
-import sys
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
 from pyspark.sql import functions as F
+from support import run, same
 
 from features.definitions import MARKET_FEATURE_NAMES, TRANSACTION_FEATURE_NAMES
 from features.offline import market_features
@@ -27,20 +25,6 @@ from lakehouse.delta_source import read_delta
 
 START = datetime(2026, 3, 2, tzinfo=UTC)
 DAYS = 2
-
-
-def run(env: dict, *args: str, timeout: int = 900) -> str:
-    done = subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True, timeout=timeout)
-    assert done.returncode == 0, done.stderr[-4000:]
-    return done.stderr
-
-
-def same(a, b) -> bool:
-    if a is None or b is None:
-        return a is None and b is None
-    if isinstance(a, bool) or isinstance(b, bool):
-        return a == b
-    return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9)
 
 
 def mismatches(left: dict, right: dict, names: list[str]) -> list[tuple]:

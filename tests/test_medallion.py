@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from collections import Counter
 
 import duckdb
 import pytest
+from support import run
 
 from lakehouse import delta, eventlog
 from lakehouse.config import Settings, isolated
@@ -31,12 +30,6 @@ def medallion(stack, tmp_path_factory):
     eventlog.ensure_topics(log, settings)
     yield settings, {**os.environ, **env}, log
     log.close()
-
-
-def run(env: dict, *args: str, timeout: int = 900) -> str:
-    done = subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True, timeout=timeout)
-    assert done.returncode == 0, done.stderr[-4000:]
-    return done.stderr
 
 
 def table(settings: Settings, layer: str, name: str, version: int | None = None):

@@ -1,0 +1,23 @@
+"""Helpers shared by the test modules: running the project's CLIs as real processes, comparing feature values."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+
+def run(env: dict, *args: str, timeout: int = 900) -> str:
+    """``python *args`` in ``env``; fails the test unless it exits 0. Returns its stderr (the progress lines)."""
+    done = subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return done.stderr
+
+
+def same(a: object, b: object) -> bool:
+    """Two feature values agree: both null, the same boolean, or numbers equal to a relative 1e-9."""
+    if a is None or b is None:
+        return a is None and b is None
+    if isinstance(a, bool) or isinstance(b, bool):
+        return a is b
+    return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9)
