@@ -196,10 +196,7 @@ def isolated(root: Path, tag: str, overrides: dict[str, str] | None = None) -> t
         "LAKEHOUSE__LAKEHOUSE__ROOT": str(root / "lakehouse"),
         "LAKEHOUSE__ONLINE_STORE__KEY_PREFIX": tag,
         "LAKEHOUSE__SPARK__CHECKPOINT_ROOT": str(root / "checkpoints"),
-        **{
-            f"LAKEHOUSE__EVENTLOG__TOPICS__{t.upper()}__NAME": f"{tag}-{t}"
-            for t in ISOLATED_TOPICS
-        },
+        **{f"LAKEHOUSE__EVENTLOG__TOPICS__{t.upper()}__NAME": f"{tag}-{t}" for t in ISOLATED_TOPICS},
         **(overrides or {}),
     }
     saved = {k: os.environ.get(k) for k in env}
