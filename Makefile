@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 export PYSPARK_PYTHON := $(abspath $(PY))
 export PYSPARK_DRIVER_PYTHON := $(abspath $(PY))
 
-.PHONY: install up down status stream traffic test test-unit lint format clean-state bench optimize backfill reference training-set
+.PHONY: install up down status stream traffic test test-unit lint format clean-state bench optimize backfill reference training-set train evaluate promote models
 
 install: $(VENV)/.installed  ## create the venv and install the project, its dev extras and redis-server
 
@@ -57,6 +57,20 @@ backfill: up  ## re-run silver and gold from bronze for event dates FROM..TO (e.
 training-set: up  ## point-in-time training set for event dates FROM..TO (labels known by TO + 1 day + LABEL_DELAY)
 	@test -n "$(FROM)" -a -n "$(TO)" || { echo "usage: make training-set FROM=YYYY-MM-DD TO=YYYY-MM-DD [LABEL_DELAY=7d]"; exit 2; }
 	$(PY) -m features build-training-set --start $(FROM) --end $(TO) --label-delay $(or $(LABEL_DELAY),7d)
+
+train: up  ## fit XGBoost + Isolation Forest on the newest days (or FROM..TO), evaluate on a later period, register in MLflow
+	$(PY) -m training train $(if $(FROM),--start $(FROM) --end $(TO)) $(TRAIN_ARGS)
+
+evaluate: up  ## re-evaluate a registered model on a period: make evaluate MODEL=fraud-xgboost@champion FROM=... TO=...
+	@test -n "$(MODEL)" -a -n "$(FROM)" -a -n "$(TO)" || { echo "usage: make evaluate MODEL=NAME@ALIAS|NAME/VERSION FROM=YYYY-MM-DD TO=YYYY-MM-DD"; exit 2; }
+	$(PY) -m training evaluate --model $(MODEL) --start $(FROM) --end $(TO)
+
+promote: up  ## point a model's champion alias at its challenger (or VERSION): make promote MODEL=fraud-xgboost
+	@test -n "$(MODEL)" || { echo "usage: make promote MODEL=NAME [VERSION=N]"; exit 2; }
+	$(PY) -m training promote --model $(MODEL) $(if $(VERSION),--version $(VERSION))
+
+models: up  ## registered model versions and their aliases
+	$(PY) -m training models
 
 reference: up  ## load conf/reference/*.csv into the silver reference tables (upsert)
 	$(PY) -m silver.reference load

@@ -17,6 +17,7 @@ Every event is in exactly one of raw or tiles, so windows are exact as long as e
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import math
 from collections.abc import Callable
@@ -309,16 +310,49 @@ NEW_STATE = {"card": new_card, "terminal": new_place, "merchant": new_place, "sy
 StateGetter = Callable[[str, str], dict]  # (entity, key) -> that entity's state (a new one if unknown)
 
 
+CHUNK = 5000  # transactions applied (and states pruned) at a time: bounds the raw events a feature scans
+
+
 def transactions_batch(
     state: StateGetter, txs: list[dict], fraud_labels: list[dict], retention_ms: int
 ) -> tuple[list[dict], set[tuple[str, str]]]:
     """Apply a micro-batch to the states, then compute each transaction's features.
 
     ``txs`` carry ``TRANSACTION_INPUTS`` and ``ts`` (event time, ms); ``fraud_labels`` carry transaction_id,
-    terminal_id, merchant_id and ``reported_ms``. Features only see earlier events, so applying the whole batch
-    first gives every transaction its point-in-time value whatever the order inside the batch; a replayed
-    batch changes nothing (events are keyed by id). Returns the feature rows and the (entity, key) touched.
+    terminal_id, merchant_id and ``reported_ms``. Features only see earlier events, so applying a batch first
+    gives every transaction its point-in-time value whatever the order inside the batch; a replayed batch
+    changes nothing (events are keyed by id). A large batch (a backlog of days) is taken in event-time chunks of
+    ``CHUNK``, each label with the chunk its report time falls in, so states are pruned as time advances and the
+    values are those of one big batch. Returns the feature rows (in ``txs`` order) and the (entity, key) touched.
     """
+    order = sorted(range(len(txs)), key=lambda i: txs[i]["ts"])
+    bounds, lo = [], 0
+    while lo < len(order):
+        hi = min(lo + CHUNK, len(order))
+        while hi < len(order) and txs[order[hi]]["ts"] == txs[order[hi - 1]]["ts"]:
+            hi += 1  # never split a millisecond: same-time events must land in one chunk
+        bounds.append((lo, hi))
+        lo = hi
+    if len(bounds) <= 1:
+        return _apply_and_compute(state, txs, fraud_labels, retention_ms)
+    starts = [txs[order[lo]]["ts"] for lo, _ in bounds]
+    labels_of: list[list[dict]] = [[] for _ in bounds]
+    for label in fraud_labels:
+        labels_of[max(0, bisect.bisect_right(starts, label["reported_ms"]) - 1)].append(label)
+    rows: list[dict | None] = [None] * len(txs)
+    touched: set[tuple[str, str]] = set()
+    for (lo, hi), labels in zip(bounds, labels_of, strict=True):
+        chunk = order[lo:hi]
+        out, t = _apply_and_compute(state, [txs[i] for i in chunk], labels, retention_ms)
+        touched |= t
+        for i, row in zip(chunk, out, strict=True):
+            rows[i] = row
+    return rows, touched
+
+
+def _apply_and_compute(
+    state: StateGetter, txs: list[dict], fraud_labels: list[dict], retention_ms: int
+) -> tuple[list[dict], set[tuple[str, str]]]:
     touched: set[tuple[str, str]] = set()
     for tx in txs:
         apply_card(state("card", tx["card_id"]), tx, tx["ts"])

@@ -108,6 +108,49 @@ class MlflowSettings(BaseModel):
     embedded: bool = True
 
 
+class XGBoostSettings(BaseModel):
+    n_estimators: int = Field(default=600, ge=1)  # upper bound: early stopping on the validation days picks fewer
+    max_depth: int = Field(default=6, ge=1)
+    learning_rate: float = Field(default=0.08, gt=0)
+    subsample: float = Field(default=0.9, gt=0, le=1)
+    colsample_bytree: float = Field(default=0.8, gt=0, le=1)
+    min_child_weight: float = Field(default=1.0, ge=0)
+    early_stopping_rounds: int = Field(default=40, ge=1)
+
+
+class IsolationForestSettings(BaseModel):
+    n_estimators: int = Field(default=300, ge=1)
+    max_samples: int = Field(default=512, ge=2)
+    max_features: float = Field(default=1.0, gt=0, le=1)
+
+
+class ModelSettings(BaseModel):
+    experiment: str = "fraud-models"
+    supervised_name: str = "fraud-xgboost"
+    unsupervised_name: str = "fraud-isolation-forest"
+    seed: int = 7
+    # time split: train days, then a gap as long as the label delay, then test days (never random)
+    train_days: int = Field(default=7, ge=1)
+    test_days: int = Field(default=7, ge=1)
+    label_delay_days: int = Field(default=7, ge=0)
+    # the last share of the training days validates the imbalance strategy and early stopping
+    validation_share: float = Field(default=0.2, gt=0, lt=1)
+    # operating thresholds, chosen on the validation days: review at this FPR, block at the stricter one
+    review_fpr: float = Field(default=0.005, gt=0, lt=1)
+    block_fpr: float = Field(default=0.0005, gt=0, lt=1)
+    top_k_cards: int = Field(default=100, ge=1)  # analysts' daily review capacity (card precision@k)
+    review_cost: float = Field(default=5.0, ge=0)  # cost of reviewing one flagged transaction
+    detection_target: float = Field(default=0.95, gt=0, le=1)
+    # scenarios with a signal in the features before the fraud is reported (docs/models.md, "Quality"): not
+    # amount_spike (genuine amounts overlap it) nor the compromised terminal/merchant (labels come too late)
+    detectable_scenarios: list[str] = ["velocity_burst", "card_testing", "impossible_travel", "account_takeover"]
+    # how often a running loader re-resolves its alias (a promotion is seen within this long)
+    refresh_seconds: float = Field(default=30.0, gt=0)
+    reports_dir: str = ".state/reports"
+    xgboost: XGBoostSettings = XGBoostSettings()
+    isolation_forest: IsolationForestSettings = IsolationForestSettings()
+
+
 class SparkSettings(BaseModel):
     master: str = "local[2]"
     shuffle_partitions: int = 4
@@ -146,6 +189,7 @@ class Settings(BaseSettings):
     streaming: StreamingSettings = StreamingSettings()
     features: FeatureSettings = FeatureSettings()
     mlflow: MlflowSettings = MlflowSettings()
+    models: ModelSettings = ModelSettings()
     spark: SparkSettings = SparkSettings()
     traffic: TrafficSettings = TrafficSettings()
     contracts: ContractSettings = ContractSettings()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from datetime import date, timedelta
+from typing import Any
 
 import pyarrow as pa
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
@@ -161,9 +162,16 @@ def write_batch_spark(
     writer.save(uri)
 
 
-def read_arrow(settings: Settings, uri: str, version: int | None = None, columns: list[str] | None = None) -> pa.Table:
-    """The table (optionally at an earlier ``version``) as Arrow — readable by Polars, DuckDB, pandas."""
-    return open_table(settings, uri, version).to_pyarrow_table(columns=columns)
+def read_arrow(
+    settings: Settings,
+    uri: str,
+    version: int | None = None,
+    columns: list[str] | None = None,
+    filters: list[tuple[str, str, Any]] | None = None,
+) -> pa.Table:
+    """The table (optionally at an earlier ``version``, only the rows matching DNF ``filters`` such as
+    ``[("event_date", ">=", date(2026, 3, 1))]``; partitions are pruned) as Arrow — for Polars, DuckDB, pandas."""
+    return open_table(settings, uri, version).to_pyarrow_table(columns=columns, filters=filters)
 
 
 def history(settings: Settings, uri: str, limit: int | None = None) -> list[dict]:

@@ -6,6 +6,8 @@ import os
 import shutil
 
 os.environ["LAKEHOUSE_PROFILE"] = "test"
+# before any test module loads libgomp (scikit-learn, XGBoost): see training/__init__.py
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import pytest
 
@@ -41,6 +43,32 @@ def spark(settings: Settings):
     session = get_spark(settings, "lakehouse-tests")
     yield session
     session.stop()
+
+
+@pytest.fixture(scope="session")
+def feature_lake(stack, tmp_path_factory):
+    """An isolated lakehouse (own topics, tables, checkpoints and online-store keys) after one pipeline pass over
+    two days of generated traffic from ``FEATURE_LAKE_START``: (settings, process env, event log)."""
+    from support import FEATURE_LAKE_DAYS, FEATURE_LAKE_START, run
+
+    from features.store import OnlineStore
+    from lakehouse import eventlog
+    from lakehouse.config import isolated
+
+    root = tmp_path_factory.mktemp("features")
+    overrides = {"LAKEHOUSE__TRAFFIC__MARKET_RATE": "0.005"}
+    settings, env = isolated(root, "features", overrides)
+    env = {**os.environ, **env}
+    OnlineStore(settings).clear()
+    log = eventlog.from_settings(settings)
+    eventlog.ensure_topics(log, settings)
+    run(env, "-m", "lakehouse.traffic", "generate", "--rate", "0.06", "--customers", "200", "--fraud-rate", "0.03",
+        "--start", FEATURE_LAKE_START.isoformat(), "--days", str(FEATURE_LAKE_DAYS), "--speedup", "0",
+        "--label-delay-days", "0.3", "--with-market", "--seed", "5")  # fmt: skip
+    out = run(env, "-m", "lakehouse.pipeline", "--no-traffic", "--available-now")
+    assert "[features.transactions] batch 0" in out
+    yield settings, env, log
+    log.close()
 
 
 def pytest_collection_modifyitems(items):

@@ -2,16 +2,31 @@
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import sys
+from datetime import UTC, datetime
+
+# the shared feature lake (conftest ``feature_lake``): two days of generated traffic from this instant
+FEATURE_LAKE_START = datetime(2026, 3, 2, tzinfo=UTC)
+FEATURE_LAKE_DAYS = 2
+
+
+def _process(env: dict, args: tuple[str, ...], timeout: int) -> subprocess.CompletedProcess:
+    done = subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return done
 
 
 def run(env: dict, *args: str, timeout: int = 900) -> str:
     """``python *args`` in ``env``; fails the test unless it exits 0. Returns its stderr (the progress lines)."""
-    done = subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True, timeout=timeout)
-    assert done.returncode == 0, done.stderr[-4000:]
-    return done.stderr
+    return _process(env, args, timeout).stderr
+
+
+def run_json(env: dict, *args: str, timeout: int = 900) -> dict:
+    """Like ``run``, for a CLI that prints one JSON document: returns it."""
+    return json.loads(_process(env, args, timeout).stdout)
 
 
 def same(a: object, b: object) -> bool:

@@ -237,6 +237,28 @@ def test_order_inside_a_batch_does_not_matter():
             assert_rows_close(actual[tid], row)
 
 
+def test_a_backlog_batch_taken_in_chunks_gives_the_values_of_one_batch(monkeypatch):
+    """Three days in one micro-batch (a backlog): taken in event-time chunks of 7, with labels in the chunk of
+    their report time and states pruned between chunks, the values are those of the unchunked batch."""
+    rng = random.Random(11)
+    txs, labels = random_batch(rng, T, 3 * 24 * 60 * MIN, n=240)
+    shuffled = rng.sample(txs, len(txs))
+    expected = features(shuffled, labels)
+    monkeypatch.setattr(online, "CHUNK", 7)
+    scanned, compute = [], online.transaction_features
+
+    def spy(card, places, tx, ts):
+        scanned.append(len(card["raw"]))
+        return compute(card, places, tx, ts)
+
+    monkeypatch.setattr(online, "transaction_features", spy)
+    chunked = run((shuffled, labels))
+    for tid, row in expected.items():
+        assert_rows_close(chunked[tid], row)
+    # states were pruned between chunks: a feature never scans three days of a card's raw events (~80)
+    assert max(scanned) < 20, max(scanned)
+
+
 def test_replayed_batch_changes_nothing():
     """The second application finds the batch's events already there (a micro-batch replayed after a crash)."""
     rng = random.Random(11)

@@ -8,46 +8,29 @@ features → gold, real processes), then ``python -m features build-training-set
 from __future__ import annotations
 
 import json
-import os
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, timedelta
 
 import pytest
 from pyspark.sql import functions as F
-from support import run, same
+from support import FEATURE_LAKE_DAYS, FEATURE_LAKE_START, run, same
 
 from features.definitions import MARKET_FEATURE_NAMES, TRANSACTION_FEATURE_NAMES
 from features.offline import market_features
 from features.request import RequestFeatures
 from features.store import OnlineStore, OnlineStoreUnavailable, StateCache
-from lakehouse import delta, eventlog
-from lakehouse.config import isolated
+from lakehouse import delta
 from lakehouse.delta_source import read_delta
 
-START = datetime(2026, 3, 2, tzinfo=UTC)
-DAYS = 2
+START, DAYS = FEATURE_LAKE_START, FEATURE_LAKE_DAYS
 
 
 def mismatches(left: dict, right: dict, names: list[str]) -> list[tuple]:
     return [(n, left[n], right[n]) for n in names if not same(left[n], right[n])]
 
 
-@pytest.fixture(scope="module")
-def lake(stack, tmp_path_factory):
-    """An isolated lakehouse (own topics, tables, checkpoints and online-store keys) after one pipeline pass."""
-    root = tmp_path_factory.mktemp("features")
-    overrides = {"LAKEHOUSE__TRAFFIC__MARKET_RATE": "0.005"}
-    settings, env = isolated(root, "features", overrides)
-    env = {**os.environ, **env}
-    OnlineStore(settings).clear()
-    log = eventlog.from_settings(settings)
-    eventlog.ensure_topics(log, settings)
-    run(env, "-m", "lakehouse.traffic", "generate", "--rate", "0.06", "--customers", "200", "--fraud-rate", "0.03",
-        "--start", START.isoformat(), "--days", str(DAYS), "--speedup", "0", "--label-delay-days", "0.3",
-        "--with-market", "--seed", "5")  # fmt: skip
-    out = run(env, "-m", "lakehouse.pipeline", "--no-traffic", "--available-now")
-    assert "[features.transactions] batch 0" in out
-    yield settings, env, log
-    log.close()
+@pytest.fixture
+def lake(feature_lake):
+    return feature_lake
 
 
 def rows_by_id(settings, name: str) -> dict[str, dict]:

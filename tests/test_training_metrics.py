@@ -57,7 +57,7 @@ def test_evaluate_scenarios_and_money():
             "label": [1, 1, 1, 0, 0, 0],
             "score": [0.9, 0.4, 0.8, 0.7, 0.1, 0.2],
             "amount": [100.0, 50.0, 20.0, 10.0, 5.0, 5.0],
-            "card_id": ["a", "b", "c", "d", "e", "f"],
+            "card_id": ["a", "a", "c", "d", "e", "f"],
             "event_date": [date(2026, 3, 1)] * 6,
             "label_scenario": ["card_testing", "card_testing", "impossible_travel", None, None, None],
         }
@@ -66,8 +66,15 @@ def test_evaluate_scenarios_and_money():
     assert report["roc_auc"] == pytest.approx(roc_auc_score(frame["label"], frame["score"]))
     review = report["operating_points"]["review"]
     assert review["scenarios"] == {
-        "card_testing": {"frauds": 2, "detected": 1, "detection_rate": 0.5},
-        "impossible_travel": {"frauds": 1, "detected": 1, "detection_rate": 1.0},
+        # one of card a's two testing transactions is flagged: half the transactions, the whole card
+        "card_testing": {"frauds": 2, "detected": 1, "detection_rate": 0.5, "cards": 1, "card_detection_rate": 1.0},
+        "impossible_travel": {
+            "frauds": 1,
+            "detected": 1,
+            "detection_rate": 1.0,
+            "cards": 1,
+            "card_detection_rate": 1.0,
+        },
     }
     # flagged: 0.9 (fraud 100), 0.8 (fraud 20), 0.7 (genuine): caught 120, missed 50, 3 reviews at 2.0
     assert review["money"] == {"fraud_amount_caught": 120.0, "fraud_amount_missed": 50.0, "review_cost": 6.0,

@@ -42,6 +42,8 @@ def threshold_at_fpr(y: np.ndarray, score: np.ndarray, max_fpr: float) -> float:
     """The lowest threshold whose false-positive rate does not exceed ``max_fpr`` (flag ``score >= t``)."""
     fpr, _, thresholds = roc_curve(np.asarray(y, dtype=int), score)
     ok = np.flatnonzero(fpr <= max_fpr)
+    if ok[-1] == 0:  # even the highest score is a false positive too many: a finite threshold that flags nothing
+        return float(np.nextafter(np.max(score), np.inf))
     return float(thresholds[ok[-1]])
 
 
@@ -66,12 +68,21 @@ def card_precision_at_k(frame: pd.DataFrame, k: int) -> float:
 
 
 def detection_by_scenario(frame: pd.DataFrame, threshold: float) -> dict[str, dict]:
-    """Per fraud scenario (``label_scenario`` of the positives): how many, and the share flagged."""
-    fraud = frame[frame["label"] == 1]
+    """Per fraud scenario (``label_scenario`` of the positives): how many transactions, the share flagged, and
+    the same per card — a card counts as detected if any of its fraud transactions of that scenario is flagged
+    (an analyst then blocks it), which is what the first, signal-less transaction of an episode allows."""
+    fraud = frame[frame["label"] == 1].assign(flagged=lambda f: f["score"] >= threshold)
     out = {}
     for scenario, rows in fraud.groupby(fraud["label_scenario"].fillna("unknown")):
-        caught = int((rows["score"] >= threshold).sum())
-        out[str(scenario)] = {"frauds": len(rows), "detected": caught, "detection_rate": caught / len(rows)}
+        caught = int(rows["flagged"].sum())
+        cards = rows.groupby("card_id")["flagged"].any()
+        out[str(scenario)] = {
+            "frauds": len(rows),
+            "detected": caught,
+            "detection_rate": caught / len(rows),
+            "cards": len(cards),
+            "card_detection_rate": float(cards.mean()),
+        }
     return out
 
 

@@ -1,0 +1,174 @@
+"""The MLflow Model Registry side: registering a fitted scorer, moving the ``champion``/``challenger`` aliases,
+and a loader that follows an alias while the stream or the API runs.
+
+A data scientist promotes a challenger by moving the ``champion`` alias (MLflow UI or ``python -m training
+promote``); every running ``ModelLoader`` re-resolves its alias each ``models.refresh_seconds`` and swaps the
+new version in without a restart. Each score carries the version that produced it.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import mlflow.pyfunc
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+from mlflow.models import infer_signature
+
+from lakehouse.config import Settings
+from training.dataset import matrix
+from training.models import Fitted
+from training.pyfunc import ARTIFACT, FraudModel, save_estimator
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+log = logging.getLogger(__name__)
+
+
+def client(settings: Settings) -> MlflowClient:
+    mlflow.set_tracking_uri(settings.mlflow.tracking_uri)
+    mlflow.set_registry_uri(settings.mlflow.tracking_uri)
+    return MlflowClient(settings.mlflow.tracking_uri, settings.mlflow.tracking_uri)
+
+
+def log_model(fitted: Fitted, name: str, example: pd.DataFrame, metadata: dict) -> tuple[str, str]:
+    """Log ``fitted`` as a pyfunc to the active run and register it as a new version of ``name``;
+    returns (model URI, version)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        artifact = save_estimator(fitted, Path(tmp))
+        example = matrix(example.head(5))
+        output = FraudModel(fitted.kind)
+        output.estimator = fitted.estimator
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=FraudModel(fitted.kind),
+            artifacts={ARTIFACT: str(artifact)},
+            signature=infer_signature(example, output.predict(None, example)),
+            input_example=example,
+            registered_model_name=name,
+            metadata=metadata,
+            pip_requirements=_requirements(fitted),
+        )
+    return info.model_uri, str(info.registered_model_version)
+
+
+def _requirements(fitted: Fitted) -> list[str]:
+    from importlib.metadata import version
+
+    pkgs = ["mlflow", "pandas", "numpy", "scikit-learn", "joblib"]
+    pkgs += ["xgboost"] if fitted.kind == "xgboost" else []
+    return [f"{p}=={version('xgboost-cpu' if p == 'xgboost' else p)}" for p in pkgs]
+
+
+def alias_version(mc: MlflowClient, name: str, alias: str) -> str | None:
+    """The version ``alias`` points at, or None if it is unset (or the model does not exist)."""
+    try:
+        return str(mc.get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        return None
+
+
+def assign_aliases(mc: MlflowClient, name: str, version: str) -> dict[str, str]:
+    """A new version becomes the challenger; the first version of a model is also its champion."""
+    mc.set_registered_model_alias(name, CHALLENGER, version)
+    if alias_version(mc, name, CHAMPION) is None:
+        mc.set_registered_model_alias(name, CHAMPION, version)
+    return {a: v for a in (CHAMPION, CHALLENGER) if (v := alias_version(mc, name, a))}
+
+
+def promote(mc: MlflowClient, name: str, version: str | None = None) -> dict[str, str | None]:
+    """Point ``champion`` at ``version`` (default: the challenger); the challenger alias is then dropped."""
+    version = version or alias_version(mc, name, CHALLENGER)
+    if version is None:
+        raise ValueError(f"{name} has no challenger to promote: give a version")
+    mc.get_model_version(name, version)  # fails clearly on an unknown version
+    previous = alias_version(mc, name, CHAMPION)
+    mc.set_registered_model_alias(name, CHAMPION, version)
+    if alias_version(mc, name, CHALLENGER) == version:
+        mc.delete_registered_model_alias(name, CHALLENGER)
+    return {"model": name, "champion": version, "previous_champion": previous}
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    name: str
+    alias: str
+    version: str
+    model: mlflow.pyfunc.PyFuncModel
+    metadata: dict
+    loaded_at: float
+
+    def score(self, rows: pd.DataFrame | list[dict]) -> pd.Series:
+        """Scores of feature rows (raw values: booleans, None) — converted with ``matrix`` as in training."""
+        return self.model.predict(matrix(rows))["score"]
+
+    @property
+    def thresholds(self) -> dict[str, float]:
+        return self.metadata.get("thresholds", {})
+
+
+class ModelLoader:
+    """Follows ``models:/NAME@ALIAS``: loads it once, then re-resolves the alias every ``refresh_seconds`` in a
+    background thread and swaps in a new version when the alias moves. A failed refresh keeps the model it has
+    (and retries); ``current`` never blocks on the registry."""
+
+    def __init__(self, settings: Settings, name: str, alias: str = CHAMPION, refresh_seconds: float | None = None):
+        self.name, self.alias = name, alias
+        self.refresh_seconds = refresh_seconds or settings.models.refresh_seconds
+        self._client = client(settings)
+        self._current: LoadedModel | None = None
+        self._stop = threading.Event()
+        self.refresh()
+        self._thread = threading.Thread(target=self._run, name=f"model-loader-{name}@{alias}", daemon=True)
+        self._thread.start()
+
+    @property
+    def current(self) -> LoadedModel:
+        if self._current is None:
+            raise LookupError(f"models:/{self.name}@{self.alias} is not set")
+        return self._current
+
+    def refresh(self) -> bool:
+        """Re-resolve the alias now; True if a new version was loaded."""
+        version = alias_version(self._client, self.name, self.alias)
+        if version is None or (self._current is not None and self._current.version == version):
+            return False
+        model = mlflow.pyfunc.load_model(f"models:/{self.name}/{version}")
+        self._current = LoadedModel(self.name, self.alias, version, model, model.metadata.metadata or {}, time.time())
+        log.info("models:/%s@%s is now version %s", self.name, self.alias, version)
+        return True
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.refresh_seconds):
+            try:
+                self.refresh()
+            except Exception as exc:  # the registry may be down: keep scoring with the model we have
+                log.warning(
+                    "refreshing models:/%s@%s failed (keeping version %s): %s",
+                    self.name,
+                    self.alias,
+                    self._current.version if self._current else None,
+                    exc,
+                )
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+def describe(mc: MlflowClient, names: list[str]) -> dict[str, list[dict]]:
+    """Every version of each registered model: its aliases, run and tags."""
+    out: dict[str, list[dict]] = {}
+    for name in names:
+        versions = mc.search_model_versions(f"name='{name}'")
+        out[name] = [
+            {"version": v.version, "aliases": list(v.aliases), "run_id": v.run_id, "tags": v.tags}
+            for v in sorted(versions, key=lambda v: int(v.version))
+        ]
+    return out
