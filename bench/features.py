@@ -54,7 +54,8 @@ def _percentiles(ms: list[float]) -> dict:
     return {"p50_ms": round(q[499], 3), "p99_ms": round(q[989], 3), "p999_ms": round(q[998], 3)}
 
 
-def run(settings: Settings, n: int, requests: int = 5000) -> tuple[list[dict], dict]:
+def run(settings: Settings, n: int, requests: int = 5000) -> tuple[list[dict], dict, Settings, list]:
+    """The feature figures; also the isolated settings and the days of the training set it built."""
     root = Path(tempfile.mkdtemp(prefix="bench-features-"))
     iso, _ = isolated(root, "bench-features")
     reference.load(iso)
@@ -138,4 +139,4 @@ def run(settings: Settings, n: int, requests: int = 5000) -> tuple[list[dict], d
         rows.append(report("features: build-training-set (Spark)", out["rows"], time.perf_counter() - t0))
     finally:
         spark.stop()
-    return rows, request
+    return rows, request, iso, days

@@ -149,8 +149,13 @@ def main(argv: list[str] | None = None) -> int:
     print("features (online engine, Redis requests, training-set build):", flush=True)
     from bench import features
 
-    feature_rows, feature_request = features.run(settings, args.features_events)
+    feature_rows, feature_request, iso, days = features.run(settings, args.features_events)
     rows += feature_rows
+    print("models (fit, batch and single-request scoring of the MLflow pyfuncs):", flush=True)
+    from bench import models
+
+    model_rows, model_scoring = models.run(iso, days[0], days[-1])
+    rows += model_rows
     memory = {"bench_process_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
     memory |= {f"{name}_rss_mb": rss for name, rss in service_rss_mb(settings).items()}
     log.delete_topic(topic)
@@ -162,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         "throughput": rows,
         "silver_latency": latency,
         "feature_request": feature_request,
+        "model_scoring": model_scoring,
         "memory": memory,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)

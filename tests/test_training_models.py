@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from datetime import date, datetime, timedelta
+from pathlib import Path
 
 import mlflow.pyfunc
 import numpy as np
@@ -25,7 +26,7 @@ from training.models import (
     importance,
     refit,
 )
-from training.pyfunc import ARTIFACT, FraudModel, load_estimator, save_estimator
+from training.pyfunc import ARTIFACT, load_estimator, model_args, save_estimator
 from training.train import flatten, operating_thresholds, scored, validation_mask
 
 SEED = 11
@@ -274,15 +275,17 @@ def test_isolation_forest_on_fewer_rows_than_max_samples(split):
 
 
 def _round_trip(fitted: Fitted, tmp_path) -> mlflow.pyfunc.PyFuncModel:
-    artifact = save_estimator(fitted, tmp_path / "estimator")
+    """Saved as ``make train`` logs it (models-from-code, the estimator in its native format) and loaded back."""
+    args = model_args(fitted, tmp_path / "estimator")
+    artifact = Path(args["artifacts"][ARTIFACT])
     assert artifact.exists() and artifact.stat().st_size > 0
     mlflow.pyfunc.save_model(
         path=str(tmp_path / "model"),
-        python_model=FraudModel(fitted.kind),
-        artifacts={ARTIFACT: str(artifact)},
+        **args,
         metadata={"kind": fitted.kind, "features": FEATURES},
         pip_requirements=["xgboost", "scikit-learn"],
     )
+    assert not list((tmp_path / "model").rglob("*.pkl")), "the model must not be a pickled object"
     return mlflow.pyfunc.load_model(str(tmp_path / "model"))
 
 

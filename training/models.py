@@ -40,8 +40,8 @@ class Fitted:
 
 def score(kind: Kind, estimator, x: pd.DataFrame) -> np.ndarray:
     """Suspicion in [0, 1] of every row of the model input ``x``."""
-    if kind == "xgboost":
-        return estimator.predict_proba(x)[:, 1].astype("float64")
+    if kind == "xgboost":  # the booster's in-place prediction: predict_proba's values, a fifth of its overhead
+        return estimator.get_booster().inplace_predict(x.to_numpy()).astype("float64")
     return -estimator.score_samples(x)
 
 

@@ -3,12 +3,15 @@ a ``score`` column in [0, 1], whatever the algorithm — so the stream and the A
 without knowing which kind it is.
 
 The estimator is stored in its own format (XGBoost JSON, a joblib'd scikit-learn pipeline); the model's
-metadata carries its kind, feature list and version, and the operating thresholds.
+metadata carries its kind, feature list and version, and the operating thresholds. The model is logged from
+code (``training/pyfunc_entry.py``, MLflow's models-from-code), not as a pickled object: loading it runs no
+pickled code but needs this package installed, as the stream and the API have it.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import joblib
 import mlflow.pyfunc
@@ -18,6 +21,7 @@ from training.dataset import matrix
 from training.models import Fitted, Kind, score
 
 ARTIFACT = "estimator"
+ENTRY = Path(__file__).with_name("pyfunc_entry.py")
 
 
 def save_estimator(fitted: Fitted, directory: Path) -> Path:
@@ -43,14 +47,23 @@ def load_estimator(kind: Kind, path: str):
 
 
 class FraudModel(mlflow.pyfunc.PythonModel):
-    """``predict(rows) -> DataFrame[score]`` for an XGBoost or an Isolation Forest estimator."""
+    """``predict(rows) -> DataFrame[score]`` for an XGBoost or an Isolation Forest estimator; the kind comes from
+    the model config (``model_config={"kind": ...}``) when the model is loaded."""
 
-    def __init__(self, kind: Kind):
+    def __init__(self, kind: Kind | None = None):
         self.kind = kind
         self.estimator = None
 
     def load_context(self, context) -> None:
+        self.kind = self.kind or context.model_config["kind"]
         self.estimator = load_estimator(self.kind, context.artifacts[ARTIFACT])
 
     def predict(self, context, model_input, params=None):
         return pd.DataFrame({"score": score(self.kind, self.estimator, matrix(model_input))})
+
+
+def model_args(fitted: Fitted, directory: Path) -> dict[str, Any]:
+    """What ``mlflow.pyfunc.log_model``/``save_model`` need for ``fitted``: the code entry, the estimator saved
+    under ``directory`` as the artifact, and its kind as model config."""
+    artifact = save_estimator(fitted, directory)
+    return {"python_model": str(ENTRY), "artifacts": {ARTIFACT: str(artifact)}, "model_config": {"kind": fitted.kind}}

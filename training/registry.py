@@ -25,7 +25,7 @@ from mlflow.models import infer_signature
 from lakehouse.config import Settings
 from training.dataset import matrix
 from training.models import Fitted
-from training.pyfunc import ARTIFACT, FraudModel, save_estimator
+from training.pyfunc import model_args
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 log = logging.getLogger(__name__)
@@ -41,15 +41,11 @@ def log_model(fitted: Fitted, name: str, example: pd.DataFrame, metadata: dict) 
     """Log ``fitted`` as a pyfunc to the active run and register it as a new version of ``name``;
     returns (model URI, version)."""
     with tempfile.TemporaryDirectory() as tmp:
-        artifact = save_estimator(fitted, Path(tmp))
         example = matrix(example.head(5))
-        output = FraudModel(fitted.kind)
-        output.estimator = fitted.estimator
         info = mlflow.pyfunc.log_model(
             name="model",
-            python_model=FraudModel(fitted.kind),
-            artifacts={ARTIFACT: str(artifact)},
-            signature=infer_signature(example, output.predict(None, example)),
+            **model_args(fitted, Path(tmp)),
+            signature=infer_signature(example, pd.DataFrame({"score": fitted.score(example)})),
             input_example=example,
             registered_model_name=name,
             metadata=metadata,
@@ -105,8 +101,10 @@ class LoadedModel:
     loaded_at: float
 
     def score(self, rows: pd.DataFrame | list[dict]) -> pd.Series:
-        """Scores of feature rows (raw values: booleans, None) — converted with ``matrix`` as in training."""
-        return self.model.predict(matrix(rows))["score"]
+        """Scores of feature rows (raw values: booleans, None) — converted with ``matrix`` as in training. The
+        pyfunc's own ``predict`` is called directly: ``matrix`` already gives the signature's columns and types,
+        and MLflow's schema check would add ~2 ms to every single-row request."""
+        return self.model.unwrap_python_model().predict(None, matrix(rows))["score"]
 
     @property
     def thresholds(self) -> dict[str, float]:
@@ -166,9 +164,19 @@ def describe(mc: MlflowClient, names: list[str]) -> dict[str, list[dict]]:
     """Every version of each registered model: its aliases, run and tags."""
     out: dict[str, list[dict]] = {}
     for name in names:
-        versions = mc.search_model_versions(f"name='{name}'")
+        try:
+            aliases = mc.get_registered_model(name).aliases  # alias -> version
+        except MlflowException:
+            out[name] = []
+            continue
+        versions = sorted(mc.search_model_versions(f"name='{name}'"), key=lambda v: int(v.version))
         out[name] = [
-            {"version": v.version, "aliases": list(v.aliases), "run_id": v.run_id, "tags": v.tags}
-            for v in sorted(versions, key=lambda v: int(v.version))
+            {
+                "version": v.version,
+                "aliases": sorted(a for a, n in aliases.items() if str(n) == str(v.version)),
+                "run_id": v.run_id,
+                "tags": v.tags,
+            }
+            for v in versions
         ]
     return out

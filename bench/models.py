@@ -1,0 +1,88 @@
+"""The models benchmark, on the features benchmark's training set (its own isolated lakehouse).
+
+Both models are fitted as ``make train`` fits them (XGBoost: every imbalance strategy with early stopping, then
+the refit; Isolation Forest), saved and loaded back as the MLflow pyfunc the stream and the API use, then timed:
+batch scoring (rows/s) and single-request scoring (p50/p99 ms, what one API call pays). Quality on the later
+days is printed too, for the record.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from datetime import date
+from functools import partial
+from pathlib import Path
+
+import mlflow.pyfunc
+from sklearn.metrics import average_precision_score, roc_auc_score
+
+from bench.run import report
+from lakehouse.config import Settings
+from training import metrics
+from training.dataset import load, matrix
+from training.models import fit_isolation_forest, fit_xgboost, refit
+from training.pyfunc import model_args
+from training.train import TRAIN_TABLE, validation_mask
+
+
+def _percentiles(ms: list[float]) -> dict:
+    q = statistics.quantiles(ms, n=100)
+    return {"p50_ms": round(q[49], 3), "p99_ms": round(q[98], 3)}
+
+
+def run(iso: Settings, start: date, end: date, requests: int = 2000) -> tuple[list[dict], dict]:
+    m = iso.models
+    frame = load(iso, TRAIN_TABLE, start, end).frame
+    days = sorted(frame["event_date"].unique())
+    # the first days have little card history (a cold start no production model sees): train after them
+    warm, test_days = max(1, len(days) // 4), max(1, len(days) // 4)
+    train = frame[frame["event_date"].isin(days[warm:-test_days])].reset_index(drop=True)
+    test = frame[frame["event_date"].isin(days[-test_days:])].reset_index(drop=True)
+    x, y = matrix(train), train["label"].to_numpy()
+    valid = validation_mask(train, m.validation_share)
+    rows, out = [], {"train_rows": len(train), "test_rows": len(test), "test_frauds": int(test["label"].sum())}
+
+    t0 = time.perf_counter()
+    xgb_fit, _ = fit_xgboost(x[~valid], y[~valid], x[valid], y[valid], m.xgboost, m.seed)
+    fitted = {"xgboost": refit(xgb_fit, x, y, m.xgboost, m.isolation_forest, m.seed)}
+    rows.append(report("models: fit XGBoost (4 strategies + refit)", len(train), time.perf_counter() - t0))
+    t0 = time.perf_counter()
+    fitted["isolation_forest"] = refit(fit_isolation_forest(x[~valid], m.isolation_forest, m.seed), x, y,
+                                       m.xgboost, m.isolation_forest, m.seed)  # fmt: skip
+    rows.append(report("models: fit Isolation Forest (+ refit)", len(train), time.perf_counter() - t0))
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-models-"))
+    singles = test.sample(n=min(requests, len(test)), random_state=0).to_dict("records")
+    for kind, f in fitted.items():
+        path = tmp / kind
+        mlflow.pyfunc.save_model(path, **model_args(f, tmp / f"{kind}-artifact"), input_example=matrix(test.head(3)))
+        model = mlflow.pyfunc.load_model(str(path))
+        t0 = time.perf_counter()
+        score = model.predict(matrix(test))["score"].to_numpy()
+        rows.append(report(f"models: {kind} batch scoring (pyfunc)", len(test), time.perf_counter() - t0))
+        # one request as the API pays it: MLflow's checked predict, and the loader's direct call (LoadedModel)
+        checked = [_request_ms(model.predict, row) for row in singles]
+        direct = [_request_ms(partial(model.unwrap_python_model().predict, None), row) for row in singles]
+        y_test = test["label"].to_numpy()
+        out[kind] = {
+            "single_request": _percentiles(direct),
+            "single_request_schema_checked": _percentiles(checked),
+            "roc_auc": round(float(roc_auc_score(y_test, score)), 4),
+            "average_precision": round(float(average_precision_score(y_test, score)), 4),
+            "recall_at_fpr_0.005": round(metrics.recall_at_fpr(y_test, score, 0.005), 4),
+            "params": {k: v for k, v in f.params.items() if k in ("imbalance_strategy", "n_estimators")},
+        }
+        s = out[kind]
+        print(f"  models: {kind:<17} one request p50 {s['single_request']['p50_ms']} ms  p99 "
+              f"{s['single_request']['p99_ms']} ms; test ROC AUC {s['roc_auc']}, AP {s['average_precision']}",
+              flush=True)  # fmt: skip
+    return rows, out
+
+
+def _request_ms(predict, row: dict) -> float:
+    """One request: the feature row to the model input, then the score (milliseconds)."""
+    t0 = time.perf_counter()
+    predict(matrix([row]))
+    return (time.perf_counter() - t0) * 1000
