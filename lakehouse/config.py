@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -151,6 +151,31 @@ class ModelSettings(BaseModel):
     isolation_forest: IsolationForestSettings = IsolationForestSettings()
 
 
+class DecisionSettings(BaseModel):
+    """How the stream and the API turn rules, statistics and model scores into a decision (serving/decision.py)."""
+
+    rules_file: str = "conf/rules.yaml"
+    rules_reload_seconds: float = Field(default=5.0, gt=0)
+    block_threshold: float = Field(default=80.0, gt=0, le=100)
+    review_threshold: float = Field(default=50.0, gt=0, le=100)
+    # final score = max over tiers of (tier score x weight); 0 turns a tier off
+    weights: dict[str, float] = {"rules": 1.0, "ml": 1.0, "anomaly": 0.8, "statistical": 0.8}
+    # deviations (standard deviations, or IQRs beyond the quartiles) that reach review and block
+    statistical_review_at: float = Field(default=4.0, gt=0)
+    statistical_block_at: float = Field(default=8.0, gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> DecisionSettings:
+        if self.review_threshold >= self.block_threshold:
+            raise ValueError("decision.review_threshold must be below decision.block_threshold")
+        if self.statistical_review_at >= self.statistical_block_at:
+            raise ValueError("decision.statistical_review_at must be below decision.statistical_block_at")
+        tiers = {"rules", "ml", "anomaly", "statistical"}
+        if set(self.weights) - tiers or any(w < 0 for w in self.weights.values()):
+            raise ValueError(f"decision.weights takes non-negative weights of {sorted(tiers)}: {self.weights}")
+        return self
+
+
 class SparkSettings(BaseModel):
     master: str = "local[2]"
     shuffle_partitions: int = 4
@@ -190,6 +215,7 @@ class Settings(BaseSettings):
     features: FeatureSettings = FeatureSettings()
     mlflow: MlflowSettings = MlflowSettings()
     models: ModelSettings = ModelSettings()
+    decision: DecisionSettings = DecisionSettings()
     spark: SparkSettings = SparkSettings()
     traffic: TrafficSettings = TrafficSettings()
     contracts: ContractSettings = ContractSettings()

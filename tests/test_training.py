@@ -16,6 +16,7 @@ import mlflow
 import mlflow.pyfunc
 import numpy as np
 import pytest
+from mlflow import MlflowClient
 from support import FEATURE_LAKE_START, run, run_json
 
 from training import registry
@@ -100,6 +101,10 @@ def test_alias_change_is_seen_by_a_running_loader(trained):
         deadline = time.monotonic() + 30
         while loader.current.version != "2" and time.monotonic() < deadline:
             time.sleep(0.2)
+        assert loader.current.version == "2"
+        # the registry goes away: the loader keeps scoring with the version it has
+        loader._client = MlflowClient("http://127.0.0.1:1")
+        time.sleep(1.5)
         assert loader.current.version == "2"
         rows = load(settings, TEST_TABLE, DAY2, DAY2).frame.head(50)
         np.testing.assert_array_equal(loader.current.score(rows).to_numpy(), again["xgboost"]["fitted"].score(

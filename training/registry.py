@@ -9,6 +9,7 @@ new version in without a restart. Each score carries the version that produced i
 from __future__ import annotations
 
 import logging
+import os
 import tempfile
 import threading
 import time
@@ -41,12 +42,12 @@ def log_model(fitted: Fitted, name: str, example: pd.DataFrame, metadata: dict) 
     """Log ``fitted`` as a pyfunc to the active run and register it as a new version of ``name``;
     returns (model URI, version)."""
     with tempfile.TemporaryDirectory() as tmp:
-        example = matrix(example.head(5))
+        sample = matrix(example.head(2000))  # enough rows to see which features can be unknown (optional)
         info = mlflow.pyfunc.log_model(
             name="model",
             **model_args(fitted, Path(tmp)),
-            signature=infer_signature(example, pd.DataFrame({"score": fitted.score(example)})),
-            input_example=example,
+            signature=infer_signature(sample, pd.DataFrame({"score": fitted.score(sample)})),
+            input_example=sample.head(5),
             registered_model_name=name,
             metadata=metadata,
             pip_requirements=_requirements(fitted),
@@ -63,11 +64,14 @@ def _requirements(fitted: Fitted) -> list[str]:
 
 
 def alias_version(mc: MlflowClient, name: str, alias: str) -> str | None:
-    """The version ``alias`` points at, or None if it is unset (or the model does not exist)."""
+    """The version ``alias`` points at, or None if it is unset (or the model does not exist); any other
+    failure (the registry unreachable) raises."""
     try:
         return str(mc.get_model_version_by_alias(name, alias).version)
-    except MlflowException:
-        return None
+    except MlflowException as exc:
+        if exc.error_code in ("INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST"):
+            return None
+        raise
 
 
 def assign_aliases(mc: MlflowClient, name: str, version: str) -> dict[str, str]:
@@ -117,6 +121,10 @@ class ModelLoader:
     (and retries); ``current`` never blocks on the registry."""
 
     def __init__(self, settings: Settings, name: str, alias: str = CHAMPION, refresh_seconds: float | None = None):
+        # MLflow retries an unreachable server for minutes by default; a loader would rather retry on its own
+        # next refresh (unless the process configured these itself)
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
         self.name, self.alias = name, alias
         self.refresh_seconds = refresh_seconds or settings.models.refresh_seconds
         self._client = client(settings)
