@@ -163,6 +163,8 @@ class DecisionSettings(BaseModel):
     # deviations (standard deviations, or IQRs beyond the quartiles) that reach review and block
     statistical_review_at: float = Field(default=4.0, gt=0)
     statistical_block_at: float = Field(default=8.0, gt=0)
+    # a velocity deviation expects at least this many transactions in its window (cards with little history)
+    statistical_min_expected: float = Field(default=0.25, gt=0)
 
     @model_validator(mode="after")
     def _ordered(self) -> DecisionSettings:

@@ -704,3 +704,36 @@ def test_decision_settings_statistical_review_below_block(review_at: float, bloc
 def test_decision_settings_field_bounds(update: dict):
     with pytest.raises(ValidationError):
         DecisionSettings(**update)
+
+
+# --- Tier 2: statistical deviations -----------------------------------------------------------------------------
+
+
+def test_statistical_deviations_by_hand():
+    from serving.statistical import deviations
+
+    # 30 days at 8,640 transactions = one every 5 minutes: 1 expected per 5 min, 12 per hour
+    devs = deviations({"card_amount_zscore_30d": 2.5, "card_tx_count_30d": 8640, "card_tx_count_1m": 0,
+                       "card_tx_count_5m": 5, "card_tx_count_1h": 12}, min_expected=0.25)  # fmt: skip
+    assert devs["amount_zscore_30d"] == 2.5
+    assert devs["velocity_5m"] == pytest.approx((5 - 1) / 1)
+    assert devs["velocity_1h"] == pytest.approx(0.0)
+    assert devs["velocity_1m"] == pytest.approx((0 - 0.25) / 0.5)  # 0.2 expected, floored at 0.25
+    # no history: every deviation unknown, never zero
+    assert set(deviations({}, 0.25).values()) == {None}
+
+
+def test_statistical_tier_score_and_reason():
+    from serving.statistical import tier
+
+    cfg = get_settings().decision
+    quiet = {"card_amount_zscore_30d": 0.3, "card_tx_count_30d": 8640, "card_tx_count_1m": 0, "card_tx_count_5m": 1,
+             "card_tx_count_1h": 12}  # fmt: skip
+    score, reason, _ = tier(quiet, cfg)
+    assert score < cfg.review_threshold and reason == "amount_zscore_30d"
+    burst = {**quiet, "card_tx_count_5m": 1 + 8}  # 8 standard deviations: the block threshold
+    score, reason, _ = tier(burst, cfg)
+    assert reason == "velocity_5m" and score == pytest.approx(cfg.block_threshold)
+    assert tier({}, cfg)[:2] == (None, None)
+    # a negative deviation (quieter than usual) scores 0, not below
+    assert tier({"card_amount_zscore_30d": -3.0}, cfg)[0] == 0.0
