@@ -20,10 +20,12 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 
 from bench.run import report
 from lakehouse.config import Settings
+from serving.scorer import Models, Scorer
 from training import metrics
-from training.dataset import load, matrix
+from training.dataset import FEATURES, load, matrix
 from training.models import fit_isolation_forest, fit_xgboost, refit
 from training.pyfunc import model_args
+from training.registry import LoadedModel
 from training.train import TRAIN_TABLE, validation_mask
 
 
@@ -55,10 +57,15 @@ def run(iso: Settings, start: date, end: date, requests: int = 2000) -> tuple[li
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-models-"))
     singles = test.sample(n=min(requests, len(test)), random_state=0).to_dict("records")
+    loaded = {}
     for kind, f in fitted.items():
         path = tmp / kind
         mlflow.pyfunc.save_model(path, **model_args(f, tmp / f"{kind}-artifact"), input_example=matrix(test.head(3)))
         model = mlflow.pyfunc.load_model(str(path))
+        valid_score = f.score(x[valid])
+        thresholds = {"review": metrics.threshold_at_fpr(y[valid], valid_score, m.review_fpr),
+                      "block": metrics.threshold_at_fpr(y[valid], valid_score, m.block_fpr)}  # fmt: skip
+        loaded[kind] = _Fixed(LoadedModel(kind, "champion", "1", model, {"thresholds": thresholds}, time.time()))
         t0 = time.perf_counter()
         score = model.predict(matrix(test))["score"].to_numpy()
         rows.append(report(f"models: {kind} batch scoring (pyfunc)", len(test), time.perf_counter() - t0))
@@ -78,7 +85,23 @@ def run(iso: Settings, start: date, end: date, requests: int = 2000) -> tuple[li
         print(f"  models: {kind:<17} one request p50 {s['single_request']['p50_ms']} ms  p99 "
               f"{s['single_request']['p99_ms']} ms; test ROC AUC {s['roc_auc']}, AP {s['average_precision']}",
               flush=True)  # fmt: skip
+
+    # the whole decision (rules, statistics, both models, SHAP reasons), as the stream scores a micro-batch
+    scorer = Scorer(iso, Models(champion=loaded["xgboost"], anomaly=loaded["isolation_forest"]))
+    txs = test[["transaction_id", "card_id", "event_time", "amount"]].to_dict("records")
+    vectors = test[list(FEATURES)].astype(object).where(test[list(FEATURES)].notna(), None).to_dict("records")
+    t0, batch = time.perf_counter(), 20_000
+    decided = [d for i in range(0, len(txs), batch) for d in scorer.decide(txs[i : i + batch], vectors[i : i + batch])]
+    rows.append(report("decisions: Scorer.decide (batches of 20,000)", len(decided), time.perf_counter() - t0))
+    out["decisions"] = {k: sum(d["decision"] == k for d in decided) for k in ("approve", "review", "block")}
     return rows, out
+
+
+class _Fixed:
+    """A loader that always has the same model (the bench has no registry)."""
+
+    def __init__(self, model: LoadedModel):
+        self.current = model
 
 
 def _request_ms(predict, row: dict) -> float:

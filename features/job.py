@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import pyarrow as pa
@@ -39,7 +40,9 @@ from lakehouse.tables import TS, TableSpec, conform, ensure
 from silver.tables import MARKET_TICKS, TRANSACTIONS
 
 TX_QUERY, TICKS_QUERY = "features.transactions", "features.market"
-TX_COLUMNS = (*TRANSACTION_INPUTS, "event_date", "label", "label_reported_at", "_change_type")
+# what the decision's rules and latency need beside the feature inputs
+DECISION_INPUTS = ("merchant_category_code", "ip_hash", "customer_id", "log_time", "event_date")
+TX_COLUMNS = (*TRANSACTION_INPUTS, *DECISION_INPUTS, "label", "label_reported_at", "_change_type")
 
 
 def millis(col: pa.ChunkedArray) -> pa.Array:
@@ -78,6 +81,8 @@ class FeatureBatch:
             return
         keys, rows, touched, note = self.compute(changes)
         written = self.write(keys, rows, batch_id)
+        if (decided := self.after_write(batch_id, rows)) is not None:
+            note = f"{note}; {decided}"
         self.cache.flush(touched, f"{self.name}:{batch_id}")
         print(
             f"[{self.name}] batch {batch_id}: {keys.num_rows} vectors {'written' if written else 'already committed'}"
@@ -85,6 +90,10 @@ class FeatureBatch:
             file=sys.stderr,
             flush=True,
         )
+
+    def after_write(self, batch_id: int, rows: list[dict]) -> str | None:
+        """What runs between the vectors' commit and the states' flush (the decisions); a note or None."""
+        return None
 
     def write(self, keys: pa.Table, rows: list[dict], batch_id: int) -> bool:
         vectors = pa.Table.from_pylist(rows, schema=pa.schema(feature_fields(self.features)))
@@ -105,14 +114,21 @@ class FeatureBatch:
 class TransactionFeaturesBatch(FeatureBatch):
     features = TRANSACTION_FEATURES
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, decisions: Callable[[str, int, list[dict], list[dict]], str] | None = None):
         super().__init__(settings, TX_QUERY, TRANSACTION_FEATURES_TABLE)
+        self.decisions, self._txs = decisions, []
+
+    def after_write(self, batch_id: int, rows: list[dict]) -> str | None:
+        if self.decisions is None:
+            return None
+        return self.decisions(query_id(checkpoint_dir(self.settings, self.name)), batch_id, self._txs, rows)
 
     def compute(self, changes: pa.Table) -> tuple[pa.Table, list[dict], set, str]:
         inserts = changes.filter(pc.equal(changes["_change_type"], "insert"))
         inserts = inserts.append_column("ts", millis(inserts["event_time"]))
         labels = fraud_label_events(changes)
-        txs = inserts.select([*TRANSACTION_INPUTS, "ts"]).to_pylist()
+        txs = inserts.select([*TRANSACTION_INPUTS, *DECISION_INPUTS, "ts"]).to_pylist()
+        self._txs = txs
         keys = [("card", t["card_id"]) for t in txs]
         keys += [(p, r[f"{p}_id"]) for r in (*txs, *labels) for p in online.PLACES if r.get(f"{p}_id") is not None]
         self.cache.prefetch(keys)
@@ -138,11 +154,16 @@ def start(spark: SparkSession, settings: Settings, trigger: dict | None = None) 
     """Start both feature queries (tables are created first, so they may start before any data)."""
     for spec in (TRANSACTIONS, MARKET_TICKS, TRANSACTION_FEATURES_TABLE, MARKET_FEATURES_TABLE):
         ensure(settings, spec)
+    decisions = None
+    if settings.decision.enabled:  # each batch's vectors are scored into gold.decisions (serving.stream)
+        from serving.stream import DecisionStage
+
+        decisions = DecisionStage(settings)
     tx = read_delta_stream(spark, settings, TRANSACTIONS.uri(settings)).select(*TX_COLUMNS)
     ticks = read_delta_stream(spark, settings, MARKET_TICKS.uri(settings)).select(
         "symbol", "event_time", "price", "event_date"
     )
     return [
-        start_batches(settings, TX_QUERY, tx, TransactionFeaturesBatch(settings), trigger=trigger),
+        start_batches(settings, TX_QUERY, tx, TransactionFeaturesBatch(settings, decisions), trigger=trigger),
         start_batches(settings, TICKS_QUERY, ticks, MarketFeaturesBatch(settings), trigger=trigger),
     ]

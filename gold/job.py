@@ -9,6 +9,7 @@ day; gold runs on a slower trigger than silver (``streaming.gold_trigger_seconds
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
 from collections.abc import Callable
@@ -19,7 +20,15 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.streaming import StreamingQuery
 
 from gold import transforms
-from gold.tables import CARD_DAILY, FRAUD_SUMMARY_DAILY, MARKET_RISK_DAILY, MCC_DAILY, MERCHANT_DAILY
+from gold.tables import (
+    CARD_DAILY,
+    DECISIONS_TABLE,
+    FRAUD_SUMMARY_DAILY,
+    MARKET_RISK_DAILY,
+    MCC_DAILY,
+    MERCHANT_DAILY,
+    MODEL_COMPARISON,
+)
 from lakehouse import delta
 from lakehouse.config import Settings
 from lakehouse.delta_source import read_delta, read_delta_stream
@@ -33,6 +42,7 @@ GOLD_FROM_TRANSACTIONS: list[tuple[TableSpec, Aggregate]] = [
     (MERCHANT_DAILY, transforms.merchant_daily),
     (MCC_DAILY, transforms.mcc_daily),
     (FRAUD_SUMMARY_DAILY, transforms.fraud_summary_daily),
+    (MODEL_COMPARISON, transforms.model_comparison),
 ]
 GOLD_FROM_TICKS: list[tuple[TableSpec, Aggregate]] = [(MARKET_RISK_DAILY, transforms.market_risk_daily)]
 
@@ -48,9 +58,12 @@ def recompute(
     batch_id: int,
 ) -> dict[str, int]:
     """Recompute ``outputs`` for ``dates`` from ``source`` and replace those partitions; rows written per table."""
-    silver = read_delta(
-        spark, settings, source.uri(settings), partition_filter=[["event_date", "in", [d.isoformat() for d in dates]]]
-    ).cache()
+    days = [["event_date", "in", [d.isoformat() for d in dates]]]
+    silver = read_delta(spark, settings, source.uri(settings), partition_filter=days)
+    if source is TRANSACTIONS:  # the stream's decisions of those days (gold.decisions), where there are any
+        decisions = read_delta(spark, settings, ensure(settings, DECISIONS_TABLE), partition_filter=days)
+        silver = transforms.with_decisions(silver, decisions)
+    silver = silver.cache()
     written = {}
     try:
         for spec, aggregate in outputs:
@@ -99,12 +112,14 @@ class GoldBatch:
 def start(spark: SparkSession, settings: Settings, trigger: dict | None = None) -> list[StreamingQuery]:
     trigger = trigger or {"processingTime": f"{settings.streaming.gold_trigger_seconds} seconds"}
     queries = []
-    for name, source, outputs in (
-        ("gold.transactions", TRANSACTIONS, GOLD_FROM_TRANSACTIONS),
-        ("gold.market", MARKET_TICKS, GOLD_FROM_TICKS),
+    # gold.daily: the days whose silver rows changed or whose decisions the stream has written since (one query
+    # over both change feeds, so no two writers replace the same partitions at once)
+    for name, sources, outputs in (
+        ("gold.daily", (TRANSACTIONS, DECISIONS_TABLE), GOLD_FROM_TRANSACTIONS),
+        ("gold.market", (MARKET_TICKS,), GOLD_FROM_TICKS),
     ):
-        ensure(settings, source)
-        changes = read_delta_stream(spark, settings, source.uri(settings)).select("event_date")
-        handler = GoldBatch(spark, settings, name, source, outputs)
+        streams = [read_delta_stream(spark, settings, ensure(settings, s)).select("event_date") for s in sources]
+        changes = functools.reduce(DataFrame.unionByName, streams)
+        handler = GoldBatch(spark, settings, name, sources[0], outputs)
         queries.append(start_batches(settings, name, changes, handler, trigger=trigger))
     return queries

@@ -68,3 +68,66 @@ MARKET_RISK_DAILY = _daily(
     ],
     "Per symbol and day: OHLC, return, volume, tick-return volatility and maximum drawdown.",
 )
+
+MODEL_COMPARISON = _daily(
+    "model_comparison",
+    [("model_name", S), ("model_version", S), ("role", S)],
+    [
+        ("transactions", L),
+        ("approve_count", L),
+        ("review_count", L),
+        ("block_count", L),
+        ("labelled_count", L),
+        ("fraud_count", L),
+        ("true_positives", L),
+        ("precision", D),
+        ("recall", D),
+        ("review_rate", D),
+        ("block_rate", D),
+    ],
+    "Per day and model version, acting (its decisions carried out) or shadow (recorded only): volumes, decision "
+    "rates, and once labels arrive precision and recall of its review/block flags: the promotion evidence.",
+)
+
+DECISIONS_TABLE = register(
+    TableSpec(
+        "gold",
+        "decisions",
+        pa.schema(
+            [
+                ("transaction_id", S),
+                ("card_id", S),
+                ("event_time", TS),
+                ("decision", S),
+                ("score", D),
+                ("driver", S),
+                ("rules_score", D),
+                ("statistical_score", D),
+                ("ml_score", D),
+                ("ml_probability", D),
+                ("anomaly_score", D),
+                ("anomaly_raw", D),
+                ("triggered_rules", pa.list_(S)),
+                ("reasons", pa.list_(S)),
+                ("route", S),
+                ("model_name", S),
+                ("model_version", S),
+                ("anomaly_model_version", S),
+                ("shadow_model_version", S),
+                ("shadow_probability", D),
+                ("shadow_decision", S),
+                ("rules_version", S),
+                ("features", S),
+                ("scoring_ms", D),
+                ("log_time", TS),
+                ("decided_at", TS),
+                ("latency_ms", D),
+                ("event_date", pa.date32()),
+            ]
+        ),
+        ("event_date",),
+        "One decision per transaction, made in the stream: final score 0-100, approve/review/block, the tier "
+        "scores, rules triggered, reason codes, the model versions (acting and shadow), the feature values used, "
+        "and the latency from the event log to the decision.",
+    )
+)

@@ -108,3 +108,43 @@ def market_risk_daily(ticks: DataFrame) -> DataFrame:
         )
         .withColumn("daily_return", F.col("close") / F.col("open") - 1)
     )
+
+
+def with_decisions(silver: DataFrame, decisions: DataFrame) -> DataFrame:
+    """Silver transactions with their stream decision (null where none yet): the acting model and the shadow."""
+    cols = ["transaction_id", "decision", "score", "model_name", "model_version", "route", "shadow_model_version",
+            "shadow_decision"]  # fmt: skip
+    return silver.join(decisions.select(*cols), "transaction_id", "left")
+
+
+def model_comparison(df: DataFrame) -> DataFrame:
+    """Per day, model version and role (``acting``: its decisions were carried out; ``shadow``: recorded only):
+    volumes, decision rates and, among labelled transactions, precision and recall of its flags (review or
+    block) — the evidence for promoting a challenger."""
+    labelled = _fraud(df)
+    acting = labelled.where(F.col("decision").isNotNull()).select(
+        "event_date", "model_name", "model_version", F.lit("acting").alias("role"), "decision", "_fraud", "_labelled"
+    )
+    shadow = labelled.where(F.col("shadow_model_version").isNotNull()).select(
+        "event_date", "model_name", F.col("shadow_model_version").alias("model_version"),
+        F.lit("shadow").alias("role"), F.col("shadow_decision").alias("decision"), "_fraud", "_labelled",
+    )  # fmt: skip
+    flagged = F.col("decision").isin("review", "block")
+    tp = F.count_if(flagged & F.col("_fraud"))
+    return (
+        acting.unionByName(shadow)
+        .groupBy("event_date", "model_name", "model_version", "role")
+        .agg(
+            F.count(F.lit(1)).alias("transactions"),
+            F.count_if(F.col("decision") == "approve").alias("approve_count"),
+            F.count_if(F.col("decision") == "review").alias("review_count"),
+            F.count_if(F.col("decision") == "block").alias("block_count"),
+            F.count_if("_labelled").alias("labelled_count"),
+            F.count_if("_fraud").alias("fraud_count"),
+            tp.alias("true_positives"),
+            (tp / F.nullif(F.count_if(flagged), F.lit(0))).alias("precision"),
+            (tp / F.nullif(F.count_if("_fraud"), F.lit(0))).alias("recall"),
+        )
+        .withColumn("review_rate", F.col("review_count") / F.col("transactions"))
+        .withColumn("block_rate", F.col("block_count") / F.col("transactions"))
+    )

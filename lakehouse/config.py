@@ -154,6 +154,7 @@ class ModelSettings(BaseModel):
 class DecisionSettings(BaseModel):
     """How the stream and the API turn rules, statistics and model scores into a decision (serving/decision.py)."""
 
+    enabled: bool = True  # score every transaction in the stream (gold.decisions, alerts)
     rules_file: str = "conf/rules.yaml"
     rules_reload_seconds: float = Field(default=5.0, gt=0)
     block_threshold: float = Field(default=80.0, gt=0, le=100)
@@ -165,6 +166,11 @@ class DecisionSettings(BaseModel):
     statistical_block_at: float = Field(default=8.0, gt=0)
     # a velocity deviation expects at least this many transactions in its window (cards with little history)
     statistical_min_expected: float = Field(default=0.25, gt=0)
+    # champion/challenger: "shadow" scores every event with both (the champion decides), "split" lets the
+    # challenger decide for split_percent of the cards (a stable hash of card_id), "off" uses the champion only
+    routing: Literal["shadow", "split", "off"] = "shadow"
+    split_percent: float = Field(default=10.0, ge=0, le=100)
+    reasons: int = Field(default=3, ge=0)  # top SHAP contributions recorded per decision
 
     @model_validator(mode="after")
     def _ordered(self) -> DecisionSettings:
@@ -257,7 +263,7 @@ def conf_file() -> Path:
     return PROJECT_ROOT / "conf" / f"{os.environ.get('LAKEHOUSE_PROFILE', 'local')}.yaml"
 
 
-ISOLATED_TOPICS = ("transactions", "labels", "market_ticks")
+ISOLATED_TOPICS = ("transactions", "labels", "market_ticks", "fraud_alerts", "fraud_review", "risk_alerts")
 
 
 def isolated(root: Path, tag: str, overrides: dict[str, str] | None = None) -> tuple[Settings, dict[str, str]]:

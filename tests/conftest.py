@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import uuid
+from datetime import timedelta
 
 os.environ["LAKEHOUSE_PROFILE"] = "test"
 # before any test module loads libgomp (scikit-learn, XGBoost): see training/__init__.py
@@ -69,6 +71,28 @@ def feature_lake(stack, tmp_path_factory):
     assert "[features.transactions] batch 0" in out
     yield settings, env, log
     log.close()
+
+
+@pytest.fixture(scope="session")
+def trained(feature_lake):
+    """Both models trained once on the feature lake (day 1 trains, day 2 tests; the sets built by the CLI, the
+    fit in this process) under model names of their own: (settings, process env, training summary)."""
+    from support import FEATURE_LAKE_START, run
+
+    from training.train import TEST_TABLE, TRAIN_TABLE, train
+
+    day1 = FEATURE_LAKE_START.date()
+    day2 = day1 + timedelta(days=1)
+    settings, env, _ = feature_lake
+    tag = uuid.uuid4().hex[:8]
+    names = {"supervised_name": f"xgb-{tag}", "unsupervised_name": f"iforest-{tag}"}
+    settings = settings.model_copy(update={"models": settings.models.model_copy(update=names)})
+    env = {**env, **{f"LAKEHOUSE__MODELS__{k.upper()}": v for k, v in names.items()}}
+    for table, day in ((TRAIN_TABLE, day1), (TEST_TABLE, day2)):
+        run(env, "-m", "features", "build-training-set", "--start", str(day), "--end", str(day),
+            "--label-delay", "2d", "--table", table)  # fmt: skip
+    summary = train(settings, day1, day2, train_days=1, test_days=1, label_delay_days=0, build=False)
+    return settings, env, summary
 
 
 def pytest_collection_modifyitems(items):

@@ -42,7 +42,7 @@ DOWNSTREAM = {
     "silver.market_ticks": [("bronze", "market_ticks")],
     "features.transactions": [("silver", "transactions")],
     "features.market": [("silver", "market_ticks")],
-    "gold.transactions": [("silver", "transactions")],
+    "gold.daily": [("silver", "transactions"), ("gold", "decisions")],
     "gold.market": [("silver", "market_ticks")],
 }
 # A streaming Python data source's planner is a Python process Spark gives a hard-coded 10 s to connect back;
@@ -354,6 +354,18 @@ def test_exactly_once_through_crashes(lakehouse):
     assert len(vectors) == len(set(vectors)) and set(vectors) == tx_ids
     tick_vectors = table(settings, "features", "market_ticks").num_rows
     assert tick_vectors == len(ticks)
+
+    # decisions: one per transaction; an alert at most once per transaction, for flagged ones only
+    decisions = {r["transaction_id"]: r["decision"] for r in table(settings, "gold", "decisions").to_pylist()}
+    assert table(settings, "gold", "decisions").num_rows == len(decisions) and set(decisions) == tx_ids
+    topics = settings.eventlog.topics
+    alerts = [
+        json.loads(r.value)["transaction_id"]
+        for topic in (topics.fraud_alerts.name, topics.fraud_review.name)
+        for p, end in log.end_offsets(topic).items()
+        for r in log.read(topic, p, 0, end)
+    ]
+    assert len(alerts) == len(set(alerts)) and all(decisions[t] != "approve" for t in alerts)
 
     # gold agrees with silver, day by day
     per_day = Counter(r["event_date"] for r in silver)

@@ -118,3 +118,33 @@ def test_market_risk_daily(spark):
         "event_date date, symbol string, open double, high double, low double, close double, daily_return double, "
         "tick_count long, volume double, volatility double, realised_volatility double, max_drawdown double",
     )
+
+
+def test_model_comparison_acting_and_shadow(spark):
+    """Day 1: v1 acts on t1..t4 with v2 in shadow on t1..t3; t5 (day 2) was decided before any model."""
+    ddl = (
+        "transaction_id string, event_date date, label string, decision string, model_name string, "
+        "model_version string, shadow_model_version string, shadow_decision string"
+    )
+    rows = [
+        ("t1", D1, None, "approve", "xgb", "1", "2", "review"),
+        ("t2", D1, "fraud", "block", "xgb", "1", "2", "block"),
+        ("t3", D1, "genuine", "review", "xgb", "1", "2", "approve"),
+        ("t4", D1, "fraud", "approve", "xgb", "1", None, None),
+        ("t5", D2, None, "approve", None, None, None, None),
+    ]
+    actual = transforms.model_comparison(spark.createDataFrame(rows, ddl))
+    check(
+        spark,
+        actual,
+        [
+            # v1 acting: flags t2 (fraud) and t3 (genuine): precision 1/2; frauds t2, t4: recall 1/2
+            (D1, "xgb", "1", "acting", 4, 2, 1, 1, 3, 2, 1, 0.5, 0.5, 0.25, 0.25),
+            # v2 shadow: flags t1 (unlabelled) and t2 (fraud): precision 1/2; its only fraud t2: recall 1
+            (D1, "xgb", "2", "shadow", 3, 1, 1, 1, 2, 1, 1, 0.5, 1.0, 1 / 3, 1 / 3),
+            (D2, None, None, "acting", 1, 1, 0, 0, 0, 0, 0, None, None, 0.0, 0.0),
+        ],
+        "event_date date, model_name string, model_version string, role string, transactions long, "
+        "approve_count long, review_count long, block_count long, labelled_count long, fraud_count long, "
+        "true_positives long, precision double, recall double, review_rate double, block_rate double",
+    )

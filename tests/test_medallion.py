@@ -55,7 +55,7 @@ def test_medallion_end_to_end(medallion):
     run(env, "-m", "lakehouse.traffic", "generate", "--rate", "1.5", "--start", START, "--days", "0.07",
         "--speedup", "0", "--label-delay-days", "0.005", "--with-market", "--seed", "11")  # fmt: skip
     first = run(env, "-m", "lakehouse.pipeline", "--no-traffic", "--available-now")
-    assert "[silver.transactions] batch 0" in first and "[gold.transactions] batch 0" in first
+    assert "[silver.transactions] batch 0" in first and "[gold.daily] batch 0" in first
 
     silver_v1 = table(settings, "silver", "transactions")
     ids = silver_v1.column("transaction_id").to_pylist()

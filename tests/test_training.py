@@ -8,7 +8,6 @@ The feature lake (conftest) holds two days of generated traffic: the first day t
 from __future__ import annotations
 
 import time
-import uuid
 from datetime import timedelta
 from pathlib import Path
 
@@ -17,29 +16,14 @@ import mlflow.pyfunc
 import numpy as np
 import pytest
 from mlflow import MlflowClient
-from support import FEATURE_LAKE_START, run, run_json
+from support import FEATURE_LAKE_START, run_json
 
 from training import registry
 from training.dataset import load, matrix
-from training.train import TEST_TABLE, TRAIN_TABLE, train
+from training.train import TEST_TABLE, train
 
 DAY1 = FEATURE_LAKE_START.date()
 DAY2 = DAY1 + timedelta(days=1)
-
-
-@pytest.fixture(scope="module")
-def trained(feature_lake):
-    """Both models trained once (in this process, on sets built by the CLI) under model names of their own."""
-    settings, env, _ = feature_lake
-    tag = uuid.uuid4().hex[:8]
-    names = {"supervised_name": f"xgb-{tag}", "unsupervised_name": f"iforest-{tag}"}
-    settings = settings.model_copy(update={"models": settings.models.model_copy(update=names)})
-    env = {**env, **{f"LAKEHOUSE__MODELS__{k.upper()}": v for k, v in names.items()}}
-    for table, day in ((TRAIN_TABLE, DAY1), (TEST_TABLE, DAY2)):
-        run(env, "-m", "features", "build-training-set", "--start", str(day), "--end", str(day),
-            "--label-delay", "2d", "--table", table)  # fmt: skip
-    summary = train(settings, DAY1, DAY2, train_days=1, test_days=1, label_delay_days=0, build=False)
-    return settings, env, summary
 
 
 def test_registered_versions_load_back_by_alias_with_the_same_predictions(trained):

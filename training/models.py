@@ -153,3 +153,14 @@ def importance(fitted: Fitted) -> pd.Series:
     """Feature importance by total gain (XGBoost only), highest first."""
     gain = fitted.estimator.get_booster().get_score(importance_type="total_gain")
     return pd.Series(gain, dtype="float64").sort_values(ascending=False)
+
+
+def top_reasons(kind: Kind, estimator, x: pd.DataFrame, k: int = 3) -> list[list[str]]:
+    """Per row, the ``k`` features that pushed its score up most: XGBoost's exact tree SHAP contributions
+    (positive ones only, largest first); an Isolation Forest has none."""
+    if kind != "xgboost" or len(x) == 0:
+        return [[] for _ in range(len(x))]
+    contribs = estimator.get_booster().predict(xgb.DMatrix(x), pred_contribs=True)[:, :-1]
+    names = np.asarray(x.columns)
+    top = np.argsort(-contribs, axis=1)[:, :k]
+    return [[str(names[j]) for j in row if contribs[i, j] > 0] for i, row in enumerate(top)]

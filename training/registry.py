@@ -25,7 +25,7 @@ from mlflow.models import infer_signature
 
 from lakehouse.config import Settings
 from training.dataset import matrix
-from training.models import Fitted
+from training.models import Fitted, top_reasons
 from training.pyfunc import model_args
 
 CHAMPION, CHALLENGER = "champion", "challenger"
@@ -109,6 +109,11 @@ class LoadedModel:
         pyfunc's own ``predict`` is called directly: ``matrix`` already gives the signature's columns and types,
         and MLflow's schema check would add ~2 ms to every single-row request."""
         return self.model.unwrap_python_model().predict(None, matrix(rows))["score"]
+
+    def reasons(self, x: pd.DataFrame, k: int = 3) -> list[list[str]]:
+        """Per row of the model input ``x`` (``matrix``), the features that raised its score most (SHAP)."""
+        model = self.model.unwrap_python_model()
+        return top_reasons(model.kind, model.estimator, x, k)
 
     @property
     def thresholds(self) -> dict[str, float]:

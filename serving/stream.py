@@ -1,0 +1,85 @@
+"""Decisions in the stream: each feature micro-batch's transactions are scored (``serving.scorer``) and written
+to ``gold.decisions`` exactly once (a Delta app transaction per batch id), then review and block decisions are
+published to ``fraud-review`` / ``fraud-alerts`` at most once per transaction (a Redis ``SET NX`` key per
+transaction id claims the alert before it is sent)."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from datetime import UTC, datetime
+
+import pyarrow as pa
+import redis
+
+from gold.tables import DECISIONS_TABLE
+from lakehouse import delta, eventlog
+from lakehouse.config import Settings
+from lakehouse.tables import TS, conform, ensure
+from serving.scorer import Scorer
+
+ALERT_TTL_S = 14 * 86_400
+
+
+class DecisionStage:
+    """Called by the feature job with each batch's transactions and vectors, after their Delta commit."""
+
+    def __init__(self, settings: Settings, scorer: Scorer | None = None):
+        self.settings = settings
+        self.scorer = scorer or Scorer(settings)
+        self.uri = ensure(settings, DECISIONS_TABLE)
+        self.log = eventlog.from_settings(settings)
+        self.redis = redis.Redis.from_url(settings.online_store.url)
+        topics = settings.eventlog.topics
+        self.topics = {"block": topics.fraud_alerts.name, "review": topics.fraud_review.name}
+
+    def __call__(self, app_id: str, batch_id: int, txs: list[dict], vectors: list[dict]) -> str:
+        if not txs:  # a batch of label changes only
+            return "no transactions to decide"
+        rows = self.scorer.decide(txs, vectors)
+        now = datetime.now(UTC)
+        table = pa.Table.from_pylist(rows)
+        n = table.num_rows
+        log_times = [tx.get("log_time") for tx in txs]
+        latency = [(now - t).total_seconds() * 1000 if t is not None else None for t in log_times]
+        event_time = pa.array([tx["event_time"] for tx in txs], TS)
+        table = table.drop_columns(["event_time"]).append_column("event_time", event_time)
+        out = conform(
+            table,
+            DECISIONS_TABLE,
+            log_time=pa.array(log_times, TS),
+            decided_at=pa.array([now] * n, TS),
+            latency_ms=pa.array(latency, pa.float64()),
+            event_date=pa.array([tx["event_date"] for tx in txs], pa.date32()),
+        )
+        written = delta.write_batch(self.settings, self.uri, out, app_id=f"{app_id}/decisions", batch_id=batch_id,
+                                    partition_by=DECISIONS_TABLE.partition_by)  # fmt: skip
+        sent = self.publish(rows)
+        counts = Counter(r["decision"] for r in rows)
+        state = "" if written else " (already committed)"
+        return f"{n} decisions{state} {dict(counts)}, {sent} alerts"
+
+    def publish(self, rows: list[dict]) -> int:
+        """Send each review/block decision once: claim ``<prefix>:alert:<transaction_id>``, then produce."""
+        flagged = [r for r in rows if r["decision"] in self.topics]
+        if not flagged:
+            return 0
+        prefix = self.settings.online_store.key_prefix
+        pipe = self.redis.pipeline(transaction=False)
+        for r in flagged:
+            pipe.set(f"{prefix}:alert:{r['transaction_id']}", r["decision"], nx=True, ex=ALERT_TTL_S)
+        claimed = [r for r, ok in zip(flagged, pipe.execute(), strict=True) if ok]
+        for decision, topic in self.topics.items():
+            records = [(r["card_id"], json.dumps(alert(r)).encode()) for r in claimed if r["decision"] == decision]
+            if records:
+                self.log.produce_batch(topic, records)
+        return len(claimed)
+
+
+def alert(row: dict) -> dict:
+    """The alert event of a decision (what an analyst's queue receives)."""
+    keys = ("transaction_id", "card_id", "decision", "score", "driver", "triggered_rules", "reasons", "model_name",
+            "model_version")  # fmt: skip
+    out = {k: row[k] for k in keys}
+    out["event_time"] = int(row["event_time"].timestamp() * 1000) if row.get("event_time") else None
+    return out
