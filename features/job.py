@@ -7,7 +7,9 @@ transaction's features (``features.online``), appends the vectors to ``features.
 (a Delta app transaction per batch), then writes the touched states to the online store. In that order a
 crash before the Delta commit replays the batch on the states before it (the same vectors), and a crash
 after it skips the commit and re-applies the batch to the states, which ignores events already in them.
-``features.market`` does the same for silver.market_ticks.
+``features.market`` does the same for silver.market_ticks. With ``decision.enabled``, the transactions of a
+batch are scored between the vectors' commit and the states' flush (``serving.stream``: gold.decisions and
+alerts), so a replayed batch decides on the same vectors.
 """
 
 from __future__ import annotations
