@@ -86,3 +86,5 @@ def training_set_spec(name: str = "training_set") -> TableSpec:
 
 
 TRAINING_SET = training_set_spec()
+# what `make train` evaluates on (the test period), rebuilt by each run and by `make evaluate`
+EVALUATION_SET = training_set_spec("evaluation_set")

@@ -21,6 +21,7 @@ import pandas as pd
 from mlflow.data.delta_dataset_source import DeltaDatasetSource
 
 from features.definitions import FEATURE_VERSION
+from features.tables import EVALUATION_SET, TRAINING_SET
 from lakehouse import delta
 from lakehouse.config import Settings
 from silver.tables import TRANSACTIONS
@@ -29,7 +30,7 @@ from training.dataset import FEATURES, Dataset, load, matrix
 from training.models import Fitted, fit_isolation_forest, fit_xgboost, refit
 from training.split import Periods, periods
 
-TRAIN_TABLE, TEST_TABLE = "training_set", "evaluation_set"
+TRAIN_TABLE, TEST_TABLE = TRAINING_SET.name, EVALUATION_SET.name
 
 
 def progress(message: str) -> None:
