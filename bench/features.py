@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import statistics
 import tempfile
 import time
 from datetime import UTC, datetime, timedelta
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from bench.run import report
+from bench.run import percentiles, report
 from features import online
 from features.request import ReferenceLookup, RequestFeatures
 from features.store import OnlineStore
@@ -47,11 +46,6 @@ def _silver_table(txs: list[dict], labels: dict[str, dict]) -> pa.Table:
         for name in cols:
             cols[name].append(row.get(name))
     return pa.table(cols, schema=TRANSACTIONS.schema)
-
-
-def _percentiles(ms: list[float]) -> dict:
-    q = statistics.quantiles(ms, n=1000)
-    return {"p50_ms": round(q[499], 3), "p99_ms": round(q[989], 3), "p999_ms": round(q[998], 3)}
 
 
 def run(settings: Settings, n: int, requests: int = 5000) -> tuple[list[dict], dict, Settings, list]:
@@ -116,7 +110,7 @@ def run(settings: Settings, n: int, requests: int = 5000) -> tuple[list[dict], d
         latencies.append((time.perf_counter() - t1) * 1000)
         reads.append(result.online_ms)
         assert result.status == "ok"
-    request = {"requests": len(fresh), **_percentiles(latencies), "redis_read": _percentiles(reads)}
+    request = {"requests": len(fresh), **percentiles(latencies), "redis_read": percentiles(reads)}
     print(
         f"  features: request (Redis read + compute)      p50 {request['p50_ms']} ms  p99 {request['p99_ms']} ms"
         f"  (Redis read p50 {request['redis_read']['p50_ms']} ms)",

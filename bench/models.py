@@ -8,7 +8,6 @@ days is printed too, for the record.
 
 from __future__ import annotations
 
-import statistics
 import tempfile
 import time
 from datetime import date
@@ -18,7 +17,7 @@ from pathlib import Path
 import mlflow.pyfunc
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from bench.run import report
+from bench.run import percentiles, report
 from lakehouse.config import Settings
 from serving.scorer import Models, Scorer
 from training import metrics
@@ -26,12 +25,7 @@ from training.dataset import FEATURES, load, matrix
 from training.models import fit_isolation_forest, fit_xgboost, refit
 from training.pyfunc import model_args
 from training.registry import LoadedModel
-from training.train import TRAIN_TABLE, validation_mask
-
-
-def _percentiles(ms: list[float]) -> dict:
-    q = statistics.quantiles(ms, n=100)
-    return {"p50_ms": round(q[49], 3), "p99_ms": round(q[98], 3)}
+from training.train import TRAIN_TABLE, operating_thresholds, validation_mask
 
 
 def run(iso: Settings, start: date, end: date, requests: int = 2000) -> tuple[list[dict], dict]:
@@ -63,8 +57,7 @@ def run(iso: Settings, start: date, end: date, requests: int = 2000) -> tuple[li
         mlflow.pyfunc.save_model(path, **model_args(f, tmp / f"{kind}-artifact"), input_example=matrix(test.head(3)))
         model = mlflow.pyfunc.load_model(str(path))
         valid_score = f.score(x[valid])
-        thresholds = {"review": metrics.threshold_at_fpr(y[valid], valid_score, m.review_fpr),
-                      "block": metrics.threshold_at_fpr(y[valid], valid_score, m.block_fpr)}  # fmt: skip
+        thresholds = operating_thresholds(y[valid], valid_score, iso)
         loaded[kind] = _Fixed(LoadedModel(kind, "champion", "1", model, {"thresholds": thresholds}, time.time()))
         t0 = time.perf_counter()
         score = model.predict(matrix(test))["score"].to_numpy()
@@ -74,8 +67,8 @@ def run(iso: Settings, start: date, end: date, requests: int = 2000) -> tuple[li
         direct = [_request_ms(partial(model.unwrap_python_model().predict, None), row) for row in singles]
         y_test = test["label"].to_numpy()
         out[kind] = {
-            "single_request": _percentiles(direct),
-            "single_request_schema_checked": _percentiles(checked),
+            "single_request": percentiles(direct),
+            "single_request_schema_checked": percentiles(checked),
             "roc_auc": round(float(roc_auc_score(y_test, score)), 4),
             "average_precision": round(float(average_precision_score(y_test, score)), 4),
             "recall_at_fpr_0.005": round(metrics.recall_at_fpr(y_test, score, 0.005), 4),

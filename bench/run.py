@@ -14,6 +14,7 @@ import os
 import platform
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -71,6 +72,12 @@ def timed(label: str, n: int, fn) -> dict:
     t0 = time.perf_counter()
     fn()
     return report(label, n, time.perf_counter() - t0)
+
+
+def percentiles(ms: list[float]) -> dict:
+    """p50, p99 and p99.9 of latencies in milliseconds."""
+    q = statistics.quantiles(ms, n=1000)
+    return {"p50_ms": round(q[499], 3), "p99_ms": round(q[989], 3), "p999_ms": round(q[998], 3)}
 
 
 def report(label: str, n: int, dt: float) -> dict:

@@ -10,6 +10,7 @@ refitted on every training day. Test labels never touch training.
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import tempfile
 from datetime import date, timedelta
@@ -267,9 +268,7 @@ def write_report(settings: Settings, title: str, context: dict, runs: dict[str, 
     mlflow.log_artifacts(str(out), "report")
     run_id = mlflow.active_run().info.run_id
     dest = settings.path(m.reports_dir) / run_id
-    dest.mkdir(parents=True, exist_ok=True)
-    for f in out.iterdir():
-        (dest / f.name).write_bytes(f.read_bytes())
+    shutil.copytree(out, dest, dirs_exist_ok=True)
     progress(f"report: {dest / 'report.md'}")
     summary = {
         kind: {k: r[k] for k in ("name", "version", "aliases", "thresholds", "run_id")} for kind, r in runs.items()
