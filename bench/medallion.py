@@ -1,10 +1,12 @@
-"""The medallion benchmark: the real pipeline process, event log → bronze → silver, on its own topics and tables.
+"""The medallion benchmark: the real pipeline process, event log → bronze → silver → features → decisions, on
+its own topics and tables, scoring with the registered models named by ``models`` (the models bench's).
 
 1. Sustained throughput: ``events`` generated transactions (plus their labels) are put in the log first; the
-   pipeline then drains them. Rate = transactions / (last silver commit - first bronze commit), so JVM start-up
-   is not counted.
+   pipeline then drains them. Rate = transactions / (last silver, or decisions, commit - first bronze commit),
+   so JVM start-up is not counted.
 2. Latency: with the pipeline caught up, live traffic at ``rate``/s (event time = now) for ``seconds``; each
-   silver row's latency is its silver commit timestamp (from the change feed) - its event time.
+   silver row's latency is its silver commit timestamp (from the change feed) - its event time; each decision's
+   is its ``decided_at`` - its event time (and ``latency_ms``, from the event log's append time).
 """
 
 from __future__ import annotations
@@ -26,8 +28,8 @@ from lakehouse import delta, eventlog
 from lakehouse.config import Settings, isolated
 
 
-def _silver_rows(settings: Settings) -> int:
-    uri = settings.table_uri("silver", "transactions")
+def _rows(settings: Settings, layer: str = "silver", table: str = "transactions") -> int:
+    uri = settings.table_uri(layer, table)
     if not delta.table_exists(settings, uri):
         return 0
     return pc.sum(pa.table(delta.open_table(settings, uri).get_add_actions(flatten=True))["num_records"]).as_py() or 0
@@ -41,24 +43,32 @@ def _commit_times(settings: Settings, layer: str, table: str) -> list[tuple[int,
     )
 
 
-def _wait_for(settings: Settings, n: int, timeout: float, proc: subprocess.Popen) -> None:
+def _wait_for(
+    settings: Settings,
+    n: int,
+    timeout: float,
+    proc: subprocess.Popen,
+    table: tuple[str, str] = ("silver", "transactions"),
+) -> None:
     deadline = time.monotonic() + timeout
     last = -1
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"pipeline exited with {proc.returncode}")
-        rows = _silver_rows(settings)
+        rows = _rows(settings, *table)
         if rows != last:
-            print(f"    silver.transactions: {rows:,}/{n:,} rows", flush=True)
+            print(f"    {'.'.join(table)}: {rows:,}/{n:,} rows", flush=True)
             last = rows
         if rows >= n:
             return
         time.sleep(2)
-    raise TimeoutError(f"silver has {last} of {n} rows after {timeout:.0f} s")
+    raise TimeoutError(f"{'.'.join(table)} has {last} of {n} rows after {timeout:.0f} s")
 
 
-def run(settings: Settings, events: int, rate: float, seconds: float, max_records: int) -> tuple[list[dict], dict]:
-    """Returns throughput rows and the latency figures."""
+def run(
+    settings: Settings, events: int, rate: float, seconds: float, max_records: int, models: dict[str, str]
+) -> tuple[list[dict], dict]:
+    """Returns throughput rows and the latency figures (silver and decisions)."""
     root = Path(tempfile.mkdtemp(prefix="bench-medallion-", dir=settings.state_path))
     bs, env = isolated(
         root,
@@ -67,6 +77,7 @@ def run(settings: Settings, events: int, rate: float, seconds: float, max_record
             "LAKEHOUSE__STREAMING__MAX_RECORDS_PER_TRIGGER": str(max_records),
             "LAKEHOUSE__STREAMING__TRIGGER_SECONDS": "1",
             "LAKEHOUSE__STREAMING__GOLD_TRIGGER_SECONDS": "60",
+            **{f"LAKEHOUSE__MODELS__{k.upper()}": v for k, v in models.items()},
         },
     )
     log = eventlog.from_settings(bs)
@@ -89,6 +100,9 @@ def run(settings: Settings, events: int, rate: float, seconds: float, max_record
         silver_commits = _commit_times(bs, "silver", "transactions")
         dt = silver_commits[-1][1] - first_bronze
         rows.append(report("log -> bronze -> silver (sustained)", txns, dt))
+        _wait_for(bs, txns, 1800, proc, ("gold", "decisions"))
+        decided = _commit_times(bs, "gold", "decisions")
+        rows.append(report("log -> ... -> features -> decisions (sustained)", txns, decided[-1][1] - first_bronze))
         drained_version = silver_commits[-1][0]
         live = subprocess.run(
             [*gen[:-2], "--rate", str(rate), "--duration", str(seconds)], env=full_env, capture_output=True, text=True
@@ -98,6 +112,8 @@ def run(settings: Settings, events: int, rate: float, seconds: float, max_record
         total = sum(log.end_offsets(bs.eventlog.topics.transactions.name).values())
         _wait_for(bs, total, 600, proc)
         latency = _latency(bs, drained_version, rate, seconds, total - txns)
+        _wait_for(bs, total, 600, proc, ("gold", "decisions"))
+        latency["decisions"] = _decision_latency(bs, decided[-1][0])
     finally:
         os.killpg(proc.pid, signal.SIGINT)
         try:
@@ -133,4 +149,33 @@ def _latency(settings: Settings, after_version: int, rate: float, seconds: float
         "max_s": round(pc.max(lat).as_py(), 3),
     }
     print(f"  latency event time -> visible in silver at {rate:.0f}/s: p50 {q[0]:.2f} s, p99 {q[1]:.2f} s")
+    return figures
+
+
+def _decision_latency(settings: Settings, after_version: int) -> dict:
+    """Event time → decision and event log → decision of the decisions committed after ``after_version``."""
+    uri = settings.table_uri("gold", "decisions")
+    rows = pa.table(
+        delta.open_table(settings, uri)
+        .load_cdf(starting_version=after_version + 1, columns=["event_time", "decided_at", "latency_ms", "model_name"])
+        .read_all()
+    )
+    ms = pa.timestamp("ms", tz="UTC")
+    event = pc.cast(pc.cast(rows["event_time"], ms), pa.int64())
+    decided = pc.cast(pc.cast(rows["decided_at"], ms), pa.int64())
+    lat = pc.divide(pc.cast(pc.subtract(decided, event), pa.float64()), 1000.0)
+    q = pc.quantile(lat, q=[0.5, 0.99]).to_pylist()
+    from_log = pc.quantile(rows["latency_ms"], q=[0.5, 0.99]).to_pylist()
+    figures = {
+        "decisions": rows.num_rows,
+        "scored_by": sorted({m for m in rows["model_name"].to_pylist() if m}),
+        "p50_s": round(q[0], 3),
+        "p99_s": round(q[1], 3),
+        "max_s": round(pc.max(lat).as_py(), 3),
+        "from_log_p50_s": round(from_log[0] / 1000, 3),
+        "from_log_p99_s": round(from_log[1] / 1000, 3),
+    }
+    print(f"  latency event time -> decision: p50 {q[0]:.2f} s, p99 {q[1]:.2f} s "
+          f"(from the event log: p50 {figures['from_log_p50_s']:.2f} s, p99 {figures['from_log_p99_s']:.2f} s), "
+          f"scored by {figures['scored_by']}")  # fmt: skip
     return figures

@@ -3,7 +3,8 @@
 Both models are fitted as ``make train`` fits them (XGBoost: every imbalance strategy with early stopping, then
 the refit; Isolation Forest), saved and loaded back as the MLflow pyfunc the stream and the API use, then timed:
 batch scoring (rows/s) and single-request scoring (p50/p99 ms, what one API call pays). Quality on the later
-days is printed too, for the record.
+days is printed too, for the record. Both are then registered under names of their own, as champions, for the
+medallion bench's in-stream decisions.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from bench.run import percentiles, report
 from lakehouse.config import Settings
 from serving.scorer import Models, Scorer
-from training import metrics
+from training import metrics, registry
 from training.dataset import FEATURES, load, matrix
 from training.models import fit_isolation_forest, fit_xgboost, refit
 from training.pyfunc import model_args
@@ -87,7 +88,22 @@ def run(iso: Settings, start: date, end: date, requests: int = 2000) -> tuple[li
     decided = [d for i in range(0, len(txs), batch) for d in scorer.decide(txs[i : i + batch], vectors[i : i + batch])]
     rows.append(report("decisions: Scorer.decide (batches of 20,000)", len(decided), time.perf_counter() - t0))
     out["decisions"] = {k: sum(d["decision"] == k for d in decided) for k in ("approve", "review", "block")}
+    out["registered"] = register(iso, fitted, {k: v.current.thresholds for k, v in loaded.items()}, train)
     return rows, out
+
+
+def register(settings: Settings, fitted: dict, thresholds: dict, example) -> dict[str, str]:
+    """Register the benchmark's models as champions of their own names (the medallion bench scores with them);
+    returns the ``models.*`` settings that name them."""
+    stamp = int(time.time())
+    names = {"xgboost": f"bench-xgboost-{stamp}", "isolation_forest": f"bench-iforest-{stamp}"}
+    mc = registry.client(settings)
+    mlflow.set_experiment("bench")
+    with mlflow.start_run(run_name=f"bench {stamp}"):
+        for kind, f in fitted.items():
+            _, version = registry.log_model(f, names[kind], example, {"kind": kind, "thresholds": thresholds[kind]})
+            registry.assign_aliases(mc, names[kind], version)
+    return {"supervised_name": names["xgboost"], "unsupervised_name": names["isolation_forest"]}
 
 
 class _Fixed:

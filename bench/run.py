@@ -2,8 +2,10 @@
 
 Measures, on the current profile's stack: traffic generation, contract validation, event-log produce and
 read, the bronze stream (event log → Spark → Delta) end to end, the whole pipeline process (event log →
-bronze → silver) for sustained throughput and event-time-to-silver latency (bench/medallion.py), and the
-feature layer: online engine, per-request Redis read + compute, training-set build (bench/features.py).
+bronze → silver → features → decisions) for sustained throughput and event-time-to-silver and -to-decision
+latency (bench/medallion.py, scoring with the models bench's registered models), the feature layer: online
+engine, per-request Redis read + compute, training-set build (bench/features.py), and the models: fitting,
+scoring, decisions (bench/models.py).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from lakehouse.contracts import Limits, decode, encode
 from lakehouse.stack.process import ProcessManager
 from lakehouse.stack.services import stack_services
 from lakehouse.traffic.generator import GeneratorConfig, TrafficGenerator
+from training import registry
 
 RESULTS = PROJECT_ROOT / "bench" / "results"
 
@@ -146,13 +149,6 @@ def main(argv: list[str] | None = None) -> int:
     shutil.rmtree(checkpoint_dir(settings, name), ignore_errors=True)
     if "://" not in uri:
         shutil.rmtree(uri, ignore_errors=True)
-    print("medallion (the pipeline process, event log -> bronze -> silver):", flush=True)
-    from bench import medallion
-
-    medallion_rows, latency = medallion.run(
-        settings, args.medallion_events, args.live_rate, args.live_seconds, args.max_records_per_trigger
-    )
-    rows += medallion_rows
     print("features (online engine, Redis requests, training-set build):", flush=True)
     from bench import features
 
@@ -163,6 +159,17 @@ def main(argv: list[str] | None = None) -> int:
 
     model_rows, model_scoring = models.run(iso, days[0], days[-1])
     rows += model_rows
+    print("medallion (the pipeline process, event log -> bronze -> silver -> decisions):", flush=True)
+    from bench import medallion
+
+    registered = model_scoring.pop("registered")
+    medallion_rows, latency = medallion.run(
+        settings, args.medallion_events, args.live_rate, args.live_seconds, args.max_records_per_trigger, registered
+    )
+    rows += medallion_rows
+    mc = registry.client(settings)
+    for name in (registered["supervised_name"], registered["unsupervised_name"]):
+        mc.delete_registered_model(name)
     memory = {"bench_process_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
     memory |= {f"{name}_rss_mb": rss for name, rss in service_rss_mb(settings).items()}
     log.delete_topic(topic)
@@ -172,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
         "profile": settings.profile,
         "machine": machine(),
         "throughput": rows,
-        "silver_latency": latency,
+        "silver_latency": {k: v for k, v in latency.items() if k != "decisions"},
+        "decision_latency": latency["decisions"],
         "feature_request": feature_request,
         "model_scoring": model_scoring,
         "memory": memory,

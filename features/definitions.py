@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-FEATURE_VERSION = "1"
+FEATURE_VERSION = "2"  # 2: card_*_15m, card_amount_iqr_score_30d
 TILE_MS = 3_600_000
 
 
@@ -40,10 +40,10 @@ class TimeWindow:
         return self.seconds // 3600
 
 
-W1M, W5M, W1H = TimeWindow("1m", 60), TimeWindow("5m", 300), TimeWindow("1h", 3600)
+W1M, W5M, W15M, W1H = TimeWindow("1m", 60), TimeWindow("5m", 300), TimeWindow("15m", 900), TimeWindow("1h", 3600)
 W24H, W7D, W30D = TimeWindow("24h", 86_400), TimeWindow("7d", 7 * 86_400), TimeWindow("30d", 30 * 86_400)
 W1D = TimeWindow("1d", 86_400)
-CARD_WINDOWS = (W1M, W5M, W1H, W24H, W7D, W30D)
+CARD_WINDOWS = (W1M, W5M, W15M, W1H, W24H, W7D, W30D)
 PLACE_WINDOWS = (W1D, W7D, W30D)
 EXACT_HISTORY = W1H  # the longest exact window: raw events are kept online at least this long
 LOOKBACK = W30D  # the longest window: history a training set reads before its first day
@@ -108,6 +108,14 @@ def _card() -> list[Feature]:
             "card",
             "double",
             "(amount - mean) / sample std of the card's earlier amounts over 30d tiled; null under 2 or std 0",
+            "30d",
+        ),
+        Feature(
+            "card_amount_iqr_score_30d",
+            "card",
+            "double",
+            "(amount - median) / IQR of the same earlier amounts (quartiles by linear interpolation); null under 4 "
+            "or IQR 0",
             "30d",
         ),
         Feature(

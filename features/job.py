@@ -9,7 +9,8 @@ crash before the Delta commit replays the batch on the states before it (the sam
 after it skips the commit and re-applies the batch to the states, which ignores events already in them.
 ``features.market`` does the same for silver.market_ticks. With ``decision.enabled``, the transactions of a
 batch are scored between the vectors' commit and the states' flush (``serving.stream``: gold.decisions and
-alerts), so a replayed batch decides on the same vectors.
+alerts), so a replayed batch decides on the same vectors; so are the ticks (``serving.market``:
+gold.market_anomalies and risk alerts).
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ class FeatureBatch:
             return
         keys, rows, touched, note = self.compute(changes)
         written = self.write(keys, rows, batch_id)
-        if (decided := self.after_write(batch_id, rows)) is not None:
+        if (decided := self.after_write(batch_id, keys, rows)) is not None:
             note = f"{note}; {decided}"
         self.cache.flush(touched, f"{self.name}:{batch_id}")
         print(
@@ -93,8 +94,8 @@ class FeatureBatch:
             flush=True,
         )
 
-    def after_write(self, batch_id: int, rows: list[dict]) -> str | None:
-        """What runs between the vectors' commit and the states' flush (the decisions); a note or None."""
+    def after_write(self, batch_id: int, keys: pa.Table, rows: list[dict]) -> str | None:
+        """What runs between the vectors' commit and the states' flush (decisions, anomalies); a note or None."""
         return None
 
     def write(self, keys: pa.Table, rows: list[dict], batch_id: int) -> bool:
@@ -120,7 +121,7 @@ class TransactionFeaturesBatch(FeatureBatch):
         super().__init__(settings, TX_QUERY, TRANSACTION_FEATURES_TABLE)
         self.decisions, self._txs = decisions, []
 
-    def after_write(self, batch_id: int, rows: list[dict]) -> str | None:
+    def after_write(self, batch_id: int, keys: pa.Table, rows: list[dict]) -> str | None:
         if self.decisions is None:
             return None
         return self.decisions(query_id(checkpoint_dir(self.settings, self.name)), batch_id, self._txs, rows)
@@ -142,8 +143,14 @@ class TransactionFeaturesBatch(FeatureBatch):
 class MarketFeaturesBatch(FeatureBatch):
     features = MARKET_FEATURES
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, anomalies: Callable[[str, int, list[dict], list[dict]], str] | None = None):
         super().__init__(settings, TICKS_QUERY, MARKET_FEATURES_TABLE)
+        self.anomalies = anomalies
+
+    def after_write(self, batch_id: int, keys: pa.Table, rows: list[dict]) -> str | None:
+        if self.anomalies is None:
+            return None
+        return self.anomalies(query_id(checkpoint_dir(self.settings, self.name)), batch_id, keys.to_pylist(), rows)
 
     def compute(self, ticks: pa.Table) -> tuple[pa.Table, list[dict], set, str]:
         ticks = ticks.append_column("ts", millis(ticks["event_time"]))
@@ -156,16 +163,17 @@ def start(spark: SparkSession, settings: Settings, trigger: dict | None = None) 
     """Start both feature queries (tables are created first, so they may start before any data)."""
     for spec in (TRANSACTIONS, MARKET_TICKS, TRANSACTION_FEATURES_TABLE, MARKET_FEATURES_TABLE):
         ensure(settings, spec)
-    decisions = None
-    if settings.decision.enabled:  # each batch's vectors are scored into gold.decisions (serving.stream)
+    decisions = anomalies = None
+    if settings.decision.enabled:  # each batch's vectors are scored (gold.decisions, gold.market_anomalies)
+        from serving.market import MarketAnomalyStage
         from serving.stream import DecisionStage
 
-        decisions = DecisionStage(settings)
+        decisions, anomalies = DecisionStage(settings), MarketAnomalyStage(settings)
     tx = read_delta_stream(spark, settings, TRANSACTIONS.uri(settings)).select(*TX_COLUMNS)
     ticks = read_delta_stream(spark, settings, MARKET_TICKS.uri(settings)).select(
         "symbol", "event_time", "price", "event_date"
     )
     return [
         start_batches(settings, TX_QUERY, tx, TransactionFeaturesBatch(settings, decisions), trigger=trigger),
-        start_batches(settings, TICKS_QUERY, ticks, MarketFeaturesBatch(settings), trigger=trigger),
+        start_batches(settings, TICKS_QUERY, ticks, MarketFeaturesBatch(settings, anomalies), trigger=trigger),
     ]

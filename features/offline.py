@@ -38,6 +38,25 @@ def _zscore(amount: Column, n: Column, s: Column, ss: Column) -> Column:
     return F.when(var > 0, (amount - s / n) / F.sqrt(var))
 
 
+def _quantile(values: Column, n: Column, q: float) -> Column:
+    """The ``q`` quantile of the sorted array ``values`` (``n`` elements, at least one) by linear interpolation:
+    the expression of ``features.online.quantile`` (element_at is 1-based)."""
+    pos = F.lit(q) * (n - 1)
+    lo = F.floor(pos)
+    a = F.element_at(values, (lo + 1).cast("int"))
+    b = F.element_at(values, F.least(lo + 2, n).cast("int"))
+    return a + (b - a) * (pos - lo)
+
+
+def _iqr_score(amount: Column, values: Column) -> Column:
+    """``features.online.iqr_score``: (amount - median) / IQR of the sorted array ``values``, null under 4
+    values or with an IQR of 0. The quartiles are only computed for 4 values or more (no index out of bounds)."""
+    n = F.size(values)
+    q1, median, q3 = (F.when(n >= 4, _quantile(values, n, q)) for q in (0.25, 0.5, 0.75))
+    iqr = q3 - q1
+    return F.when(iqr != 0, (amount - median) / iqr)
+
+
 def card_features(base: DataFrame) -> DataFrame:
     """Card features of every row of ``_base(tx)``, keyed by transaction_id."""
     by_card = Window.partitionBy("card_id").orderBy("_ts")
@@ -49,6 +68,7 @@ def card_features(base: DataFrame) -> DataFrame:
         F.sum(amount).alias("s"),
         F.sum(amount * amount).alias("ss"),
         F.collect_set("country").alias("countries"),
+        F.collect_list(amount).alias("amounts"),
     )
     prior = []
     for w in CARD_WINDOWS:
@@ -57,6 +77,8 @@ def card_features(base: DataFrame) -> DataFrame:
             prior += [F.sum(c).over(frame).alias(f"_{c}_{w.name}") for c in ("n", "s", "ss")]
     day = Window.partitionBy("card_id").orderBy("_tile").rangeBetween(-W24H.tiles, -1)
     prior.append(F.flatten(F.collect_list("countries").over(day)).alias("_countries_24h"))
+    month = Window.partitionBy("card_id").orderBy("_tile").rangeBetween(-LOOKBACK.tiles, -1)
+    prior.append(F.flatten(F.collect_list("amounts").over(month)).alias("_amounts_30d"))
     tiles = tiles.select("card_id", "_tile", *prior)
 
     cols: list[Column] = []
@@ -72,6 +94,11 @@ def card_features(base: DataFrame) -> DataFrame:
             if w is LOOKBACK:
                 ss = h["ss"] + F.coalesce(F.col(f"_ss_{w.name}"), F.lit(0.0))
                 zscore = _zscore(amount, n, s, ss)
+                earlier = F.concat(
+                    F.collect_list(amount).over(hour_so_far),
+                    F.coalesce(F.col("_amounts_30d"), F.array().cast("array<double>")),
+                )
+                iqr_score = _iqr_score(amount, F.array_sort(earlier))
         else:
             frame = by_card.rangeBetween(-w.ms, -1)
             n = F.count(F.lit(1)).over(frame)
@@ -103,6 +130,7 @@ def card_features(base: DataFrame) -> DataFrame:
         .alias("card_distinct_merchants_1h"),
         F.size(F.array_distinct(countries)).cast("long").alias("card_distinct_countries_24h"),
         zscore.alias("card_amount_zscore_30d"),
+        iqr_score.alias("card_amount_iqr_score_30d"),
         distance.alias("card_prev_distance_km"),
         speed_column(distance, since_s).alias("card_prev_speed_kmh"),
         is_new("device_id").alias("card_new_device"),

@@ -5,8 +5,11 @@ API (compute a request's features from the state in Redis, without changing it):
 values. The state is plain JSON-able data:
 
 - card: ``raw`` events of the last ``retention`` (time, id, amount, merchant, country, device, lat, lon),
-  hourly ``tiles`` of older events (count, sum, sum of squares, countries), the last time each device and
-  country was used by older events, and the ``anchor`` (the newest older event, for time-since-last);
+  hourly ``tiles`` of older events (count, sum, sum of squares, countries, amounts), the last time each device
+  and country was used by older events, and the ``anchor`` (the newest older event, for time-since-last). The
+  tiles keep their amounts for the IQR score's quartiles (a 30-day median is not a sum of tiles); a tile of a
+  version-1 state has no amounts list: its events count everywhere but in the IQR score (version-2 states live
+  under other keys, see ``features.store``, so the stream never mixes them);
 - terminal / merchant: ``raw`` (time, id, kind 0 = transaction, 1 = fraud label by reported time) and hourly
   ``tiles`` (transactions, fraud labels);
 - symbol: the newest ``MAX_TICKS`` ticks (time, price).
@@ -20,7 +23,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from features.context import context_values, haversine_km, location, speed_kmh
 from features.definitions import (
@@ -84,12 +87,14 @@ def apply_place(state: dict, ts_ms: int, event_id: str, kind: int) -> bool:
 
 def _fold_card(state: dict, e: list) -> None:
     ts, tx_id, amount, _merchant, country, device, lat, lon = e
-    tile = state["tiles"].setdefault(str(ts // TILE_MS), [0, 0.0, 0.0, []])
+    tile = state["tiles"].setdefault(str(ts // TILE_MS), [0, 0.0, 0.0, [], []])
     tile[0] += 1
     tile[1] += amount
     tile[2] += amount * amount
     if country not in tile[3]:
         tile[3].append(country)
+    if len(tile) > 4:  # a version-1 tile has no amounts: adding some would make a partial list look whole
+        tile[4].append(amount)
     if device is not None:
         state["devices"][device] = max(state["devices"].get(device, ts), ts)
     state["countries"][country] = max(state["countries"].get(country, ts), ts)
@@ -149,14 +154,18 @@ def apply_tick(state: dict, ts_ms: int, price: float) -> bool:
 # ---- computing features -----------------------------------------------------------------------------------
 
 
-def _tile_sums(state: dict, hour: int, spans: tuple[int, ...], width: int, countries: int = 0) -> tuple:
-    """Per span N, the element-wise sums of the first ``width`` fields of the tiles in [hour - N, hour), and the
-    union of the countries of the last ``countries`` hours. Memoised per state and hour until the tiles change
-    (``_prune``), so a micro-batch sums an entity's tiles once, not once per event."""
+def _tile_sums(
+    state: dict, hour: int, spans: tuple[int, ...], width: int, countries: int = 0, amounts: int = 0
+) -> tuple:
+    """Per span N, the element-wise sums of the first ``width`` fields of the tiles in [hour - N, hour), the
+    union of the countries of the last ``countries`` hours and the sorted amounts of the last ``amounts`` hours.
+    Memoised per state and hour until the tiles change (``_prune``), so a micro-batch sums (and sorts) an
+    entity's tiles once, not once per event."""
     memo = state.setdefault("_memo", {})
     if hour not in memo:
         acc = {n: [0] * width for n in spans}
         seen: set = set()
+        values: list[float] = []
         for k, tile in state["tiles"].items():
             age = hour - int(k)
             if age < 1:
@@ -167,7 +176,10 @@ def _tile_sums(state: dict, hour: int, spans: tuple[int, ...], width: int, count
                         a[i] += tile[i]
             if age <= countries:
                 seen.update(tile[3])
-        memo[hour] = (acc, seen)
+            if age <= amounts and len(tile) > 4:
+                values.extend(tile[4])
+        values.sort()
+        memo[hour] = (acc, seen, values)
     return memo[hour]
 
 
@@ -181,7 +193,7 @@ def card_features(state: dict, tx: dict, ts_ms: int) -> dict:
     before = [e for e in state["raw"] if e[0] < ts_ms]
     out: dict = {}
     sums: dict = {}
-    tiled, countries = _tile_sums(state, hour, CARD_SPANS, 3, countries=W24H.tiles)
+    tiled, countries, month = _tile_sums(state, hour, CARD_SPANS, 3, countries=W24H.tiles, amounts=LOOKBACK.tiles)
     for w in CARD_WINDOWS:
         if w.tiled:
             lo = hour - w.tiles
@@ -205,6 +217,9 @@ def card_features(state: dict, tx: dict, ts_ms: int) -> dict:
 
     n, s, ss = sums["30d"]
     out["card_amount_zscore_30d"] = zscore(tx["amount"], n, s, ss)
+    lo = hour - LOOKBACK.tiles
+    recent = sorted(e[2] for e in before if e[0] // TILE_MS >= lo)
+    out["card_amount_iqr_score_30d"] = iqr_score(tx["amount"], SortedUnion(month, recent) if recent else month)
 
     prev = max(before, key=lambda e: (e[0], e[1]), default=None)
     anchor = state["anchor"]
@@ -247,13 +262,51 @@ def zscore(amount: float, n: int, s: float, ss: float) -> float | None:
     return (amount - s / n) / math.sqrt(var)
 
 
+class SortedUnion(Sequence):
+    """The sorted union of a sorted list and a short sorted list, read by index without merging them: the 30
+    days of tile amounts (memoised, sorted once per hour) with the few raw amounts of the last hour."""
+
+    def __init__(self, long: list[float], short: list[float]) -> None:
+        self.long, self.short = long, short
+        # each short value's index in the union: after the long values equal to it (strictly increasing)
+        self.at = [i + bisect.bisect_right(long, x) for i, x in enumerate(short)]
+
+    def __len__(self) -> int:
+        return len(self.long) + len(self.short)
+
+    def __getitem__(self, k: int) -> float:  # an int index only
+        if not 0 <= k < len(self):
+            raise IndexError(k)
+        j = bisect.bisect_left(self.at, k)  # short values ahead of index k
+        return self.short[j] if j < len(self.at) and self.at[j] == k else self.long[k - j]
+
+
+def quantile(values: Sequence[float], q: float) -> float:
+    """The ``q`` quantile of sorted ``values`` by linear interpolation (numpy's default): position
+    ``q (n - 1)``, ``v[lo] + (v[hi] - v[lo]) * frac``. ``features.offline`` computes the same expression."""
+    pos = q * (len(values) - 1)
+    lo = math.floor(pos)
+    a, b = values[lo], values[min(lo + 1, len(values) - 1)]
+    return a + (b - a) * (pos - lo)
+
+
+def iqr_score(amount: float, values: Sequence[float]) -> float | None:
+    """``(amount - median) / (Q3 - Q1)`` of sorted ``values``; None under 4 values or with an IQR of 0."""
+    if len(values) < 4:
+        return None
+    iqr = quantile(values, 0.75) - quantile(values, 0.25)
+    if iqr == 0:
+        return None
+    return (amount - quantile(values, 0.5)) / iqr
+
+
 def place_features(entity: str, state: dict | None, ts_ms: int) -> dict:
     """Transactions and fraud labels known at ``ts_ms`` at a terminal or merchant (all null without one)."""
     out: dict = {}
     counts: dict = {}
     if state is not None:
         hour = ts_ms // TILE_MS
-        tiled, _ = _tile_sums(state, hour, PLACE_SPANS, 2)
+        tiled, _, _ = _tile_sums(state, hour, PLACE_SPANS, 2)
         counts = {n: list(v) for n, v in tiled.items()}
         for e in state["raw"]:
             if e[0] < ts_ms:

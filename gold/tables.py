@@ -131,3 +131,29 @@ DECISIONS_TABLE = register(
         "and the latency from the event log to the decision.",
     )
 )
+
+MARKET_ANOMALIES_TABLE = register(
+    TableSpec(
+        "gold",
+        "market_anomalies",
+        pa.schema(
+            [
+                ("symbol", S),
+                ("event_time", TS),
+                ("price", D),
+                ("score", D),
+                ("threshold", D),
+                ("reasons", pa.list_(S)),
+                ("model_name", S),
+                ("model_version", S),
+                ("features", S),
+                ("decided_at", TS),
+                ("event_date", pa.date32()),
+            ]
+        ),
+        ("event_date",),
+        "Market ticks the market Isolation Forest found anomalous (score above its registered alert threshold), "
+        "scored in the stream: the score, the features that deviated most from the training ticks (reasons), "
+        "the model version and the feature values. Each row raised one risk-alerts event.",
+    )
+)

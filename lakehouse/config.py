@@ -147,6 +147,11 @@ class ModelSettings(BaseModel):
     # how often a running loader re-resolves its alias (a promotion is seen within this long)
     refresh_seconds: float = Field(default=30.0, gt=0)
     reports_dir: str = ".state/reports"
+    # the market's Isolation Forest (training/market.py): ticks scoring above the (1 - market_alert_rate)
+    # quantile of the training ticks raise a risk alert
+    market_name: str = "market-isolation-forest"
+    market_alert_rate: float = Field(default=0.005, gt=0, lt=1)
+    market_reasons: int = Field(default=2, ge=1)
     xgboost: XGBoostSettings = XGBoostSettings()
     isolation_forest: IsolationForestSettings = IsolationForestSettings()
 

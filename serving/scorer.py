@@ -46,21 +46,14 @@ class Models:
     def from_registry(cls, settings: Settings) -> Models:
         m = settings.models
         return cls(
-            _loader(settings, m.supervised_name, CHAMPION),
-            _loader(settings, m.supervised_name, CHALLENGER),
-            _loader(settings, m.unsupervised_name, CHAMPION),
+            ModelLoader(settings, m.supervised_name, CHAMPION),
+            ModelLoader(settings, m.supervised_name, CHALLENGER),
+            ModelLoader(settings, m.unsupervised_name, CHAMPION),
         )
 
 
-def _loader(settings: Settings, name: str, alias: str) -> ModelLoader | None:
-    try:
-        return ModelLoader(settings, name, alias)
-    except Exception as exc:  # the registry down or the alias unset: score without this model for now
-        log.warning("models:/%s@%s unavailable, its tier is not scored: %s", name, alias, exc)
-        return None
-
-
-def _current(loader: ModelLoader | None) -> LoadedModel | None:
+def current(loader: ModelLoader | None) -> LoadedModel | None:
+    """The loader's model, or None while it has none (not registered yet, or the registry unreachable)."""
     try:
         return loader.current if loader is not None else None
     except LookupError:
@@ -72,7 +65,7 @@ class Scorer:
         self.settings, self.cfg = settings, settings.decision
         self.rules = rules or RuleBook(settings.path(self.cfg.rules_file), self.cfg.rules_reload_seconds)
         self.models = models if models is not None else Models.from_registry(settings)
-        self.model_errors = 0
+        self.model_errors, self.last_error = 0, ""
 
     def _ml(self, model: LoadedModel | None, x) -> np.ndarray | None:
         """Probabilities of ``model`` on ``x``; None when it is missing or fails (counted)."""
@@ -82,7 +75,8 @@ class Scorer:
             return model.score(x).to_numpy()
         except Exception as exc:  # a broken version: decide without it, and count it
             self.model_errors += 1
-            log.error("%s v%s failed to score, its tier is skipped: %s", model.name, model.version, exc)
+            self.last_error = f"{model.name} v{model.version} failed to score: {exc}"
+            log.error("%s; its tier is skipped", self.last_error)
             return None
 
     def _explain(self, model: LoadedModel, x, rows: list[int]) -> dict[int, list[str]]:
@@ -91,7 +85,8 @@ class Scorer:
             return dict(zip(rows, model.reasons(x.iloc[rows], self.cfg.reasons), strict=True))
         except Exception as exc:
             self.model_errors += 1
-            log.error("%s v%s failed to explain its scores: %s", model.name, model.version, exc)
+            self.last_error = f"{model.name} v{model.version} failed to explain its scores: {exc}"
+            log.error("%s", self.last_error)
             return {}
 
     def _tier(self, model: LoadedModel | None, value: float | None) -> float | None:
@@ -109,8 +104,8 @@ class Scorer:
         t0 = time.perf_counter()
         rules = self.rules.current
         x = matrix(vectors)
-        champion, challenger = _current(self.models.champion), _current(self.models.challenger)
-        anomaly_model = _current(self.models.anomaly)
+        champion, challenger = current(self.models.champion), current(self.models.challenger)
+        anomaly_model = current(self.models.anomaly)
         if self.cfg.routing == "off" or (challenger and champion and challenger.version == champion.version):
             challenger = None
         split = self.cfg.routing == "split"
@@ -122,7 +117,9 @@ class Scorer:
             a = None if anomaly is None else float(anomaly[i])
             base = {"rules": max((h.score for h in hits), default=None), "statistical": stat,
                     "anomaly": self._tier(anomaly_model, a)}  # fmt: skip
-            scored = {CHAMPION: (champion, p_champ), CHALLENGER: (challenger, p_chall)}
+            scored = {CHAMPION: (champion, p_champ)}
+            if challenger is not None:
+                scored[CHALLENGER] = (challenger, p_chall)
             verdicts = {}
             for role, (model, p) in scored.items():
                 prob = None if p is None else float(p[i])
@@ -138,7 +135,7 @@ class Scorer:
             if stat is not None and stat >= self.cfg.review_threshold:
                 reasons.append(f"STAT_{stat_reason.upper()}")
             other = CHALLENGER if acting == CHAMPION else CHAMPION
-            shadow, shadow_model, shadow_prob = verdicts[other]
+            shadow, shadow_model, shadow_prob = verdicts.get(other, (None, None, None))
             out.append({
                 "transaction_id": tx["transaction_id"],
                 "card_id": tx["card_id"],

@@ -32,11 +32,16 @@ class DecisionStage:
         self.redis = redis.Redis.from_url(settings.online_store.url)
         topics = settings.eventlog.topics
         self.topics = {"block": topics.fraud_alerts.name, "review": topics.fraud_review.name}
+        self.risk_topic = topics.risk_alerts.name
 
     def __call__(self, app_id: str, batch_id: int, txs: list[dict], vectors: list[dict]) -> str:
         if not txs:  # a batch of label changes only
             return "no transactions to decide"
+        errors = self.scorer.model_errors
         rows = self.scorer.decide(txs, vectors)
+        if self.scorer.model_errors > errors:
+            failure = {"errors": self.scorer.model_errors - errors, "error": self.scorer.last_error}
+            model_failure(self.log, self.risk_topic, "decisions", batch_id, failure)
         now = datetime.now(UTC)
         table = pa.Table.from_pylist(rows)
         n = table.num_rows
@@ -83,3 +88,11 @@ def alert(row: dict) -> dict:
     out = {k: row[k] for k in keys}
     out["event_time"] = int(row["event_time"].timestamp() * 1000) if row.get("event_time") else None
     return out
+
+
+def model_failure(log: eventlog.EventLog, topic: str, stage: str, batch_id: int, detail: dict) -> None:
+    """A ``model_failure`` event on ``risk-alerts``: a model failed on a batch of ``stage``; its tier went
+    unscored and the stream went on."""
+    event = {"kind": "model_failure", "stage": stage, "batch_id": batch_id, **detail,
+             "at": int(datetime.now(UTC).timestamp() * 1000)}  # fmt: skip
+    log.produce_batch(topic, [(b"model_failure", json.dumps(event).encode())])

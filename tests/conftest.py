@@ -75,7 +75,7 @@ def feature_lake(stack, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def trained(feature_lake):
-    """Both models trained once on the feature lake (day 1 trains, day 2 tests; the sets built by the CLI, the
+    """The models trained once on the feature lake (day 1 trains, day 2 tests; the sets built by the CLI, the
     fit in this process) under model names of their own: (settings, process env, training summary)."""
     from support import FEATURE_LAKE_START, run
 
@@ -85,7 +85,7 @@ def trained(feature_lake):
     day2 = day1 + timedelta(days=1)
     settings, env, _ = feature_lake
     tag = uuid.uuid4().hex[:8]
-    names = {"supervised_name": f"xgb-{tag}", "unsupervised_name": f"iforest-{tag}"}
+    names = {"supervised_name": f"xgb-{tag}", "unsupervised_name": f"iforest-{tag}", "market_name": f"market-{tag}"}
     settings = settings.model_copy(update={"models": settings.models.model_copy(update=names)})
     env = {**env, **{f"LAKEHOUSE__MODELS__{k.upper()}": v for k, v in names.items()}}
     for table, day in ((TRAIN_TABLE, day1), (TEST_TABLE, day2)):

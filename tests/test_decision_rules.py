@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import shutil
 import types
@@ -712,11 +713,14 @@ def test_decision_settings_field_bounds(update: dict):
 def test_statistical_deviations_by_hand():
     from serving.statistical import deviations
 
-    # 30 days at 8,640 transactions = one every 5 minutes: 1 expected per 5 min, 12 per hour
-    devs = deviations({"card_amount_zscore_30d": 2.5, "card_tx_count_30d": 8640, "card_tx_count_1m": 0,
-                       "card_tx_count_5m": 5, "card_tx_count_1h": 12}, min_expected=0.25)  # fmt: skip
+    # 30 days at 8,640 transactions = one every 5 minutes: 1 expected per 5 min, 3 per 15 min, 12 per hour
+    devs = deviations({"card_amount_zscore_30d": 2.5, "card_amount_iqr_score_30d": 5.5, "card_tx_count_30d": 8640,
+                       "card_tx_count_1m": 0, "card_tx_count_5m": 5, "card_tx_count_15m": 9,
+                       "card_tx_count_1h": 12}, min_expected=0.25)  # fmt: skip
     assert devs["amount_zscore_30d"] == 2.5
+    assert devs["amount_iqr_30d"] == 5.5  # the feature as it is: IQRs from the median
     assert devs["velocity_5m"] == pytest.approx((5 - 1) / 1)
+    assert devs["velocity_15m"] == pytest.approx((9 - 3) / math.sqrt(3))
     assert devs["velocity_1h"] == pytest.approx(0.0)
     assert devs["velocity_1m"] == pytest.approx((0 - 0.25) / 0.5)  # 0.2 expected, floored at 0.25
     # no history: every deviation unknown, never zero
@@ -727,13 +731,27 @@ def test_statistical_tier_score_and_reason():
     from serving.statistical import tier
 
     cfg = get_settings().decision
-    quiet = {"card_amount_zscore_30d": 0.3, "card_tx_count_30d": 8640, "card_tx_count_1m": 0, "card_tx_count_5m": 1,
-             "card_tx_count_1h": 12}  # fmt: skip
+    quiet = {"card_amount_zscore_30d": 0.3, "card_amount_iqr_score_30d": 0.2, "card_tx_count_30d": 8640,
+             "card_tx_count_1m": 0, "card_tx_count_5m": 1, "card_tx_count_15m": 3, "card_tx_count_1h": 12}  # fmt: skip
     score, reason, _ = tier(quiet, cfg)
     assert score < cfg.review_threshold and reason == "amount_zscore_30d"
     burst = {**quiet, "card_tx_count_5m": 1 + 8}  # 8 standard deviations: the block threshold
     score, reason, _ = tier(burst, cfg)
     assert reason == "velocity_5m" and score == pytest.approx(cfg.block_threshold)
+    # 15 minutes: 3 expected, 3 + 4 sqrt(3) observed = 4 standard deviations: the review threshold
+    spree = {**quiet, "card_tx_count_15m": 3 + cfg.statistical_review_at * math.sqrt(3)}
+    score, reason, _ = tier(spree, cfg)
+    assert reason == "velocity_15m" and score == pytest.approx(cfg.review_threshold)
+    # an amount 8 IQRs above the card's median blocks although its z-score is diluted by earlier outliers
+    odd = {**quiet, "card_amount_zscore_30d": 1.5, "card_amount_iqr_score_30d": cfg.statistical_block_at}
+    score, reason, devs = tier(odd, cfg)
+    assert reason == "amount_iqr_30d" and score == pytest.approx(cfg.block_threshold)
+    assert devs["amount_zscore_30d"] == 1.5
+    # Tukey's far-out fence (3 IQR beyond the quartile, ~3.5 IQR from the median) stays just below review
+    fence = tier({**quiet, "card_amount_iqr_score_30d": 3.5}, cfg)
+    assert fence[1] == "amount_iqr_30d" and fence[0] < cfg.review_threshold
+    # the IQR score alone sets the tier (a vector without the other deviations)
+    assert tier({"card_amount_iqr_score_30d": 6.0}, cfg)[1] == "amount_iqr_30d"
     assert tier({}, cfg)[:2] == (None, None)
     # a negative deviation (quieter than usual) scores 0, not below
     assert tier({"card_amount_zscore_30d": -3.0}, cfg)[0] == 0.0

@@ -1,7 +1,8 @@
 """Decisions in the stream on real services: after the models are registered, new traffic goes through the
 pipeline process; every silver transaction has exactly one decision in gold.decisions, scored by the registered
-champion (with the challenger in shadow), every review/block decision raised exactly one alert, and the API's
-scorer gives the same decision for the same event and state."""
+champion (with the challenger in shadow), every review/block decision raised exactly one alert, the API's
+scorer gives the same decision for the same event and state, and the market model's anomalous ticks are in
+gold.market_anomalies with one risk alert each."""
 
 from __future__ import annotations
 
@@ -19,13 +20,15 @@ from training.dataset import FEATURES
 
 @pytest.fixture(scope="module")
 def decided(trained):
-    """The feature lake after one more pipeline pass over an hour of new traffic, scored with the models."""
+    """The feature lake after one more pipeline pass over an hour of new traffic (and ticks), scored with the
+    models."""
     settings, env, summary = trained
     silver = delta.read_arrow(settings, settings.table_uri("silver", "transactions"), columns=["event_time"])
     start = max(silver.column("event_time").to_pylist()) + timedelta(minutes=5)
-    run(env, "-m", "lakehouse.traffic", "generate", "--rate", "1", "--customers", "200", "--fraud-rate", "0.05",
+    market = {**env, "LAKEHOUSE__TRAFFIC__MARKET_RATE": "0.5"}  # ~8,600 ticks, ~40 of them injected anomalies
+    run(market, "-m", "lakehouse.traffic", "generate", "--rate", "1", "--customers", "200", "--fraud-rate", "0.05",
         "--start", start.isoformat(), "--days", "0.04", "--speedup", "0", "--label-delay-days", "0.3",
-        "--seed", "9")  # fmt: skip
+        "--with-market", "--seed", "9")  # fmt: skip
     out = run(env, "-m", "lakehouse.pipeline", "--no-traffic", "--available-now")
     assert "decisions" in out, out[-2000:]
     return settings, env, summary, start
@@ -85,3 +88,30 @@ def test_the_api_scorer_decides_like_the_stream(decided):
     for stream, api in zip(sample, again, strict=True):
         for key in ("decision", "score", "driver", "triggered_rules", "reasons", "model_version", "ml_probability"):
             assert stream[key] == api[key] or (stream[key] == pytest.approx(api[key])), (key, stream, api)
+
+
+def test_anomalous_ticks_are_recorded_once_with_one_risk_alert_each(decided):
+    from lakehouse import eventlog
+
+    settings, _, summary, start = decided
+    model = summary["market"]
+    assert model is not None and model["threshold"] > 0
+    rows = table(settings, "gold", "market_anomalies")
+    keys = [(r["symbol"], r["event_time"]) for r in rows]
+    assert len(keys) == len(set(keys)) and rows
+    assert {(r["model_name"], r["model_version"]) for r in rows} == {(model["name"], model["version"])}
+    assert all(r["score"] >= r["threshold"] == pytest.approx(model["threshold"]) and r["reasons"] for r in rows)
+    ticks = [t for t in table(settings, "silver", "market_ticks") if t["event_time"] >= start]
+    injected = {(t["symbol"], t["event_time"]) for t in ticks if t["scenario"] in ("spike", "crash")}
+    assert len(ticks) > 5000 and injected
+    found = injected & set(keys)
+    # injected price anomalies are what the forest flags (volume bursts are not in the features)
+    assert len(found) / len(rows) > 10 * len(injected) / len(ticks), (len(found), len(rows), len(injected))
+    log = eventlog.from_settings(settings)
+    topic = settings.eventlog.topics.risk_alerts.name
+    events = [json.loads(r.value) for p, end in log.end_offsets(topic).items() for r in log.read(topic, p, 0, end)]
+    log.close()
+    alerts = [(e["symbol"], e["event_time"]) for e in events if e["kind"] == "market_anomaly"]
+    assert len(alerts) == len(set(alerts))
+    assert set(alerts) == {(s, int(t.timestamp() * 1000)) for s, t in keys}
+    assert not [e for e in events if e["kind"] == "model_failure"]

@@ -103,6 +103,15 @@ SHORT = [
     tx("old", T - 40 * DAY, "C2", 64.0, "fraud", T - HOUR, terminal_id="T1", merchant_id="M1"),
     tx("late", T - 2 * HOUR, "C2", 128.0, "fraud", T + MIN, terminal_id="T1", merchant_id="M1"),
     tx("genuine", T - 3 * HOUR, "C2", 256.0, "genuine", T - 2 * HOUR, terminal_id="T1", merchant_id="M1"),
+    # C3, for the IQR score (at M9, no terminal: in no other card's or place's counts)
+    tx("iqr_out", H - 30 * DAY - 1, "C3", 5000.0, merchant_id="M9"),  # 1 ms before t's 30d window
+    tx("iqr_in", H - 30 * DAY, "C3", 0.0, merchant_id="M9"),  # its first millisecond
+    tx("iqr_a", T - 3 * DAY, "C3", 10.0, merchant_id="M9"),
+    tx("iqr_b", T - 2 * DAY, "C3", 40.0, merchant_id="M9"),
+    tx("iqr_c", T - 20 * MIN, "C3", 30.0, merchant_id="M9"),
+    tx("iqr_d", T - 10 * MIN, "C3", 20.0, merchant_id="M9"),
+    tx("iqr_t", T, "C3", 55.0, merchant_id="M9"),
+    tx("iqr_same", T, "C3", 1000.0, merchant_id="M9"),
 ]
 
 
@@ -119,23 +128,46 @@ def test_output_columns(short_features):
 def test_card_windows_by_hand(spark, short_features):
     check(
         spark,
-        short_features.where(F.col("transaction_id").isin("x", "y", "m1_in", "late", "old")),
+        short_features.where(F.col("transaction_id").isin("x", "y", "m1_in", "late", "old", "iqr_d")),
         [
-            # x and y (same ms) do not see each other. 1m: m1_in (2); 5m, 1h: + m1_out (1 + 2);
+            # x and y (same ms) do not see each other. 1m: m1_in (2); 5m, 15m, 1h: + m1_out (1 + 2);
             # 24h tiled, from 12:00 the day before: + d24_in (3 + 4); 7d: + d24_out (7 + 8);
             # merchants 1h: M1, M2; countries 24h: FR, DE
-            ("x", 1, 2.0, 2, 3.0, 2, 3, 7.0, 4, 15.0, 60.0, 2, 2),
-            ("y", 1, 2.0, 2, 3.0, 2, 3, 7.0, 4, 15.0, 60.0, 2, 2),
+            ("x", 1, 2.0, 2, 3.0, 2, 3.0, 2, 3, 7.0, 4, 15.0, 60.0, 2, 2),
+            ("y", 1, 2.0, 2, 3.0, 2, 3.0, 2, 3, 7.0, 4, 15.0, 60.0, 2, 2),
             # m1_in sees m1_out 1 ms earlier; 24h: + d24_in (1 + 4); 7d: + d24_out (5 + 8)
-            ("m1_in", 1, 1.0, 1, 1.0, 1, 2, 5.0, 3, 13.0, 0.001, 1, 2),
+            ("m1_in", 1, 1.0, 1, 1.0, 1, 1.0, 1, 2, 5.0, 3, 13.0, 0.001, 1, 2),
             # C2's late: genuine exactly 1 h earlier (in the 1h window); old is 40 days back, in no window
-            ("late", 0, 0.0, 0, 0.0, 1, 1, 256.0, 1, 256.0, 3600.0, 1, 1),
-            ("old", 0, 0.0, 0, 0.0, 0, 0, 0.0, 0, 0.0, None, 0, 0),
+            ("late", 0, 0.0, 0, 0.0, 0, 0.0, 1, 1, 256.0, 1, 256.0, 3600.0, 1, 1),
+            ("old", 0, 0.0, 0, 0.0, 0, 0.0, 0, 0, 0.0, 0, 0.0, None, 0, 0),
+            # C3's iqr_d: iqr_c 10 min earlier (in 15m, not in 5m); 7d: + iqr_a, iqr_b (30 + 10 + 40)
+            ("iqr_d", 0, 0.0, 0, 0.0, 1, 30.0, 1, 1, 30.0, 3, 80.0, 600.0, 1, 1),
         ],
         "transaction_id string, card_tx_count_1m long, card_amount_sum_1m double, card_tx_count_5m long, "
-        "card_amount_sum_5m double, card_tx_count_1h long, card_tx_count_24h long, card_amount_sum_24h double, "
+        "card_amount_sum_5m double, card_tx_count_15m long, card_amount_sum_15m double, card_tx_count_1h long, "
+        "card_tx_count_24h long, card_amount_sum_24h double, "
         "card_tx_count_7d long, card_amount_sum_7d double, card_seconds_since_last double, "
         "card_distinct_merchants_1h long, card_distinct_countries_24h long",
+    )
+
+
+def test_iqr_score_by_hand(spark, short_features):
+    check(
+        spark,
+        short_features.where(F.col("transaction_id").startswith("iqr_")),
+        [
+            ("iqr_out", None),
+            ("iqr_in", None),  # iqr_out only
+            ("iqr_a", None),  # iqr_in (iqr_out is 30 days and more before iqr_a's hour)
+            ("iqr_b", None),  # iqr_in, iqr_a
+            ("iqr_c", None),  # iqr_in, iqr_a, iqr_b: under 4
+            # iqr_d: 0, 10, 30, 40 -> Q1 7.5 (pos 0.75), median 20 (pos 1.5), Q3 32.5 (pos 2.25): (20 - 20) / 25
+            ("iqr_d", 0.0),
+            # iqr_t and iqr_same (same ms): 0, 10, 20, 30, 40 -> Q1 10, median 20, Q3 30: (amount - 20) / 20
+            ("iqr_t", 1.75),
+            ("iqr_same", 49.0),
+        ],
+        "transaction_id string, card_amount_iqr_score_30d double",
     )
 
 
@@ -316,7 +348,15 @@ def test_transaction_features_match_online_in_micro_batches(history, feed: dict)
     bad = mismatches({k: off[k] for k in complete}, {k: on[k] for k in complete}, TRANSACTION_FEATURE_NAMES)
     assert bad == [], f"{len(bad)} mismatches (tx, feature, offline, online), first: {bad[:20]}"
     # the data exercised the features (not all null or zero)
-    for name in ("card_tx_count_1m", "card_prev_speed_kmh", "terminal_fraud_count_1d", "card_amount_zscore_30d"):
+    exercised = (
+        "card_tx_count_1m",
+        "card_tx_count_15m",
+        "card_prev_speed_kmh",
+        "terminal_fraud_count_1d",
+        "card_amount_zscore_30d",
+        "card_amount_iqr_score_30d",
+    )
+    for name in exercised:
         assert any(row[name] for row in off.values()), name
 
 

@@ -7,6 +7,7 @@ import math
 import random
 from datetime import UTC, datetime, timedelta
 
+import numpy as np
 import pytest
 
 from features import online
@@ -98,7 +99,13 @@ def test_first_transaction_of_a_card():
         assert row[f"card_amount_sum_{w.name}"] == 0.0
         assert row[f"card_amount_mean_{w.name}"] is None
     assert row["card_distinct_merchants_1h"] == 0 and row["card_distinct_countries_24h"] == 0
-    for name in ("card_seconds_since_last", "card_amount_zscore_30d", "card_prev_distance_km", "card_prev_speed_kmh"):
+    for name in (
+        "card_seconds_since_last",
+        "card_amount_zscore_30d",
+        "card_amount_iqr_score_30d",
+        "card_prev_distance_km",
+        "card_prev_speed_kmh",
+    ):
         assert row[name] is None, name
     assert row["card_new_device"] is True and row["card_new_country"] is True
     assert all(v is None for k, v in row.items() if k.startswith("terminal_"))  # no terminal: all null
@@ -114,6 +121,8 @@ def test_exact_window_edges_and_same_millisecond():
         [
             tx("m1_in", T - 60_000, amount=1.0, merchant_id="M1", terminal_id="T1"),
             tx("m1_out", T - 60_001, amount=2.0, merchant_id="M2", terminal_id="T1"),
+            tx("m15_in", T - 15 * MIN, amount=64.0, merchant_id="M1"),
+            tx("m15_out", T - 15 * MIN - 1, amount=128.0, merchant_id="M1"),
             tx("h1_in", T - HOUR, amount=4.0, merchant_id="M3", terminal_id="T1"),
             tx("h1_out", T - HOUR - 1, amount=8.0, merchant_id="M4", terminal_id="T1"),
             tx("same_ms", T, amount=16.0, merchant_id="M5", terminal_id="T1"),
@@ -124,10 +133,12 @@ def test_exact_window_edges_and_same_millisecond():
         row = rows[tid]
         assert (row["card_tx_count_1m"], row["card_amount_sum_1m"]) == (1, 1.0)  # m1_in only
         assert (row["card_tx_count_5m"], row["card_amount_sum_5m"]) == (2, 3.0)  # + m1_out: 1 + 2
-        assert (row["card_tx_count_1h"], row["card_amount_sum_1h"]) == (3, 7.0)  # + h1_in: 1 + 2 + 4
-        assert row["card_amount_mean_1h"] == pytest.approx(7.0 / 3)
+        assert (row["card_tx_count_15m"], row["card_amount_sum_15m"]) == (3, 67.0)  # + m15_in: 1 + 2 + 64
+        assert row["card_amount_mean_15m"] == pytest.approx(67.0 / 3)
+        assert (row["card_tx_count_1h"], row["card_amount_sum_1h"]) == (5, 199.0)  # + m15_out, h1_in: 67 + 128 + 4
+        assert row["card_amount_mean_1h"] == pytest.approx(199.0 / 5)
         assert row["card_distinct_merchants_1h"] == 3  # M1, M2, M3 (M4 is 1 h 1 ms back, M5 is now)
-        assert (row["card_tx_count_24h"], row["card_amount_sum_24h"]) == (4, 15.0)  # 11:29:59.999 is in hour 11
+        assert (row["card_tx_count_24h"], row["card_amount_sum_24h"]) == (6, 207.0)  # 11:29:59.999 is in hour 11
         assert row["card_seconds_since_last"] == 60.0  # m1_in
         assert row["card_new_country"] is False
         assert row["terminal_tx_count_1d"] == 4 and row["merchant_tx_count_1d"] == 0  # M5 has no earlier tx
@@ -167,6 +178,93 @@ def test_zscore_by_hand():
     assert features([earlier[0], tx("t", T, amount=50.0)])["t"]["card_amount_zscore_30d"] is None  # one earlier
     same = [tx("a", T - DAY, amount=20.0), tx("b", T - HOUR, amount=20.0), tx("t", T, amount=50.0)]
     assert features(same)["t"]["card_amount_zscore_30d"] is None  # std 0
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_iqr_score_helper_matches_numpy(seed: int):
+    rng = random.Random(seed)
+    for n in range(4, 40):
+        values = sorted(rng.choice([float(rng.randint(1, 9)), round(rng.uniform(-50, 900), 2)]) for _ in range(n))
+        amount = round(rng.uniform(-50, 2000), 2)
+        q1, median, q3 = np.percentile(values, [25, 50, 75])  # linear interpolation, pos = q (n - 1)
+        for q, expected in ((0.25, q1), (0.5, median), (0.75, q3)):
+            assert online.quantile(values, q) == pytest.approx(expected, rel=1e-12, abs=1e-12)
+        score = online.iqr_score(amount, values)
+        if q3 == q1:
+            assert score is None
+        else:
+            assert score == pytest.approx((amount - median) / (q3 - q1), rel=1e-12, abs=1e-12)
+        # the same values split into a long sorted list and a short one, read without merging
+        short = sorted(rng.sample(values, rng.randint(0, min(5, n))))
+        long = list(values)
+        for x in short:
+            long.remove(x)
+        union = online.SortedUnion(long, short)
+        assert [union[k] for k in range(len(union))] == values
+        assert online.iqr_score(amount, union) == score
+    assert online.iqr_score(5.0, [1.0, 2.0, 3.0]) is None  # under 4 values
+    assert online.iqr_score(5.0, [1.0, 2.0, 2.0, 2.0, 9.0]) is None  # Q1 = Q3 = 2: IQR 0
+    assert online.iqr_score(5.0, [1.0, 2.0, 3.0, 4.0]) == pytest.approx(2.5 / 1.5)  # (5 - 2.5) / (3.25 - 1.75)
+
+
+def test_iqr_score_by_hand():
+    """The same earlier amounts as the z-score: 30 days tiled (from floor_hour(t) - 30 d), strictly earlier."""
+    earlier = [
+        tx("out", H - 30 * DAY - 1, amount=5000.0),  # 1 ms before the 30d window
+        tx("in", H - 30 * DAY, amount=0.0),  # its first millisecond
+        tx("a", T - 3 * DAY, amount=10.0),
+        tx("b", T - 2 * DAY, amount=40.0),
+        tx("c", T - 20 * MIN, amount=30.0),
+        tx("d", T - 10 * MIN, amount=20.0),
+        tx("same_ms", T, amount=1000.0),
+    ]
+    rows = features([*earlier, tx("t", T, amount=55.0)])
+    # t: 0, 10, 20, 30, 40 -> Q1 10 (pos 1), median 20 (pos 2), Q3 30 (pos 3): (55 - 20) / 20
+    assert rows["t"]["card_amount_iqr_score_30d"] == pytest.approx(1.75, rel=1e-12)
+    assert rows["same_ms"]["card_amount_iqr_score_30d"] == pytest.approx(49.0, rel=1e-12)  # (1000 - 20) / 20
+    # d: 0, 10, 30, 40 -> Q1 7.5 (pos 0.75), median 20 (pos 1.5), Q3 32.5 (pos 2.25): (20 - 20) / 25
+    assert rows["d"]["card_amount_iqr_score_30d"] == 0.0
+    assert rows["c"]["card_amount_iqr_score_30d"] is None  # 0, 10, 40: under 4
+    flat = [tx(f"f{i}", T - (i + 1) * HOUR, amount=a) for i, a in enumerate([20.0, 20.0, 20.0, 20.0, 90.0])]
+    assert features([*flat, tx("t", T, amount=500.0)])["t"]["card_amount_iqr_score_30d"] is None  # IQR 0
+
+
+def test_iqr_score_from_tiles_and_raw_events():
+    """Amounts folded into hourly tiles (sorted once per hour) and raw ones of the last hour, interleaved."""
+    store = Store()
+    rows = run(
+        ([tx("a", T - 3 * DAY, amount=10.0), tx("b", T - 2 * DAY, amount=40.0)], []),
+        ([tx("c", T - 20 * MIN, amount=30.0), tx("d", T - 10 * MIN, amount=20.0)], []),
+        ([tx("t", T, amount=55.0), tx("u", T + MIN, amount=-5.0)], []),
+        store=store,
+    )
+    card = store[("card", "C1")]
+    assert sorted(e[1] for e in card["raw"]) == ["c", "d", "t", "u"]  # a and b are in tiles
+    assert sorted(tile[4][0] for tile in card["tiles"].values()) == [10.0, 40.0]
+    # t: 10, 20, 30, 40 -> Q1 17.5, median 25, Q3 32.5: (55 - 25) / 15
+    assert rows["t"]["card_amount_iqr_score_30d"] == pytest.approx(2.0, rel=1e-12)
+    # u: 10, 20, 30, 40, 55 -> Q1 20, median 30, Q3 40: (-5 - 30) / 20
+    assert rows["u"]["card_amount_iqr_score_30d"] == pytest.approx(-1.75, rel=1e-12)
+
+
+def test_a_version_1_tile_without_amounts_is_left_out_of_the_iqr_score():
+    """A tile of a version-1 state (count, sum, sum of squares, countries) counts in every other feature; the IQR
+    score takes the amounts it has, and folding into such a tile does not start a partial amounts list."""
+    card = online.new_card()
+    card["tiles"][str(H // HOUR - 5)] = [2, 30.0, 500.0, ["FR"]]  # 10 and 20, 5 hours before H
+    for t in (tx("a", T - 2 * DAY, amount=1.0), tx("b", T - DAY, amount=2.0), tx("c", T - 2 * HOUR, amount=3.0)):
+        online.apply_card(card, t, t["ts"])
+    online.prune_card(card, RETENTION)  # a and b fold into new tiles, c stays raw
+    assert card["tiles"][str(H // HOUR - 5)] == [2, 30.0, 500.0, ["FR"]]
+    late = tx("late", H - 5 * HOUR + MIN, amount=4.0)  # into the version-1 tile
+    card["pruned"] = None  # let it in (as a replay would not)
+    online.apply_card(card, late, late["ts"])
+    online.prune_card(card, RETENTION)
+    assert card["tiles"][str(H // HOUR - 5)] == [3, 34.0, 516.0, ["FR"]]
+    row = online.card_features(card, tx("t", T, amount=9.0), T)
+    assert (row["card_tx_count_30d"], row["card_amount_sum_30d"]) == (6, 40.0)  # 10 + 20 + 4 + 1 + 2 + 3
+    # the amounts known: 1, 2, 3 (a, b from tiles, c raw): under 4
+    assert row["card_amount_iqr_score_30d"] is None
 
 
 def test_distance_and_speed():
@@ -344,6 +442,9 @@ def test_pruned_state_gives_the_same_features():
     assert (q2["card_new_device"], q2["card_new_country"]) == (True, True)  # Dy and BR 31 days ago only
     assert q3["card_new_device"] is None
     assert q1["card_tx_count_1h"] == 0
+    month = sorted(t["amount"] for t in history if H - 30 * DAY <= t["ts"] < T)
+    q1_, median, q3_ = np.percentile(month, [25, 50, 75])
+    assert q3["card_amount_iqr_score_30d"] == pytest.approx((250.0 - median) / (q3_ - q1_), rel=1e-12)
     for w in ("24h", "7d", "30d"):
         lo = H - int(w[:-1]) * (HOUR if w.endswith("h") else DAY)  # floor_hour(T) - window
         assert q1[f"card_tx_count_{w}"] == sum(1 for t in history if lo <= t["ts"] < T), w

@@ -35,13 +35,14 @@ class Dataset:
         return f"{self.uri}@v{self.version}"
 
 
-def matrix(rows: pd.DataFrame | list[dict]) -> pd.DataFrame:
-    """The model input: every feature in catalogue order as float64, booleans as 0/1, unknown as NaN."""
+def matrix(rows: pd.DataFrame | list[dict], features: list[str] = FEATURES) -> pd.DataFrame:
+    """The model input: every feature (the transaction catalogue unless told) in catalogue order as float64,
+    booleans as 0/1, unknown as NaN."""
     frame = pd.DataFrame(rows) if isinstance(rows, list) else rows
-    missing = [f for f in FEATURES if f not in frame.columns]
+    missing = [f for f in features if f not in frame.columns]
     if missing:
         raise KeyError(f"feature columns missing from the model input: {missing}")
-    return frame[FEATURES].astype("float64", copy=True).fillna(np.nan)
+    return frame[features].astype("float64", copy=True).fillna(np.nan)
 
 
 def load(settings: Settings, table: str, start: date, end: date) -> Dataset:

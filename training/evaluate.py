@@ -14,7 +14,8 @@ from features.training_set import build
 from lakehouse.config import Settings
 from training import registry, report
 from training.dataset import load, matrix
-from training.train import TEST_TABLE, evaluation, flatten, log_dataset, progress, scored, write_report
+from training.report import progress
+from training.train import TEST_TABLE, evaluation, flatten, log_dataset, scored, write_report
 
 
 def resolve(settings: Settings, ref: str) -> tuple[str, str]:

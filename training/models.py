@@ -20,6 +20,7 @@ from sklearn.metrics import average_precision_score
 from sklearn.pipeline import Pipeline
 
 from lakehouse.config import IsolationForestSettings, XGBoostSettings
+from training.dataset import FEATURES
 
 Kind = Literal["xgboost", "isolation_forest"]
 STRATEGIES = ("none", "sqrt_weight", "balanced_weight", "undersample_10")
@@ -33,6 +34,7 @@ class Fitted:
     estimator: xgb.XGBClassifier | Pipeline
     params: dict
     validation: dict = field(default_factory=dict)
+    features: list[str] = field(default_factory=lambda: list(FEATURES))  # the model input's columns, in order
 
     def score(self, x: pd.DataFrame) -> np.ndarray:
         return score(self.kind, self.estimator, x)
@@ -41,7 +43,11 @@ class Fitted:
 def score(kind: Kind, estimator, x: pd.DataFrame) -> np.ndarray:
     """Suspicion in [0, 1] of every row of the model input ``x``."""
     if kind == "xgboost":  # the booster's in-place prediction: predict_proba's values, a fifth of its overhead
-        return estimator.get_booster().inplace_predict(x.to_numpy()).astype("float64")
+        try:  # an early-stopped model keeps the trees after its best iteration: predict with the best only
+            trees = (0, int(estimator.best_iteration) + 1)
+        except AttributeError:
+            trees = (0, 0)
+        return estimator.get_booster().inplace_predict(x.to_numpy(), iteration_range=trees).astype("float64")
     return -estimator.score_samples(x)
 
 
@@ -109,7 +115,7 @@ def fit_xgboost(
         "seed": seed,
     }
     validation = {f"validation_ap_{s}": t[0] for s, t in trials.items()}
-    return Fitted("xgboost", clf, params, validation), valid_score
+    return Fitted("xgboost", clf, params, validation, list(x_train.columns)), valid_score
 
 
 def fit_isolation_forest(x_train: pd.DataFrame, cfg: IsolationForestSettings, seed: int) -> Fitted:
@@ -130,7 +136,7 @@ def fit_isolation_forest(x_train: pd.DataFrame, cfg: IsolationForestSettings, se
         ]
     )
     pipe.fit(x_train)
-    return Fitted("isolation_forest", pipe, {**cfg.model_dump(), "seed": seed})
+    return Fitted("isolation_forest", pipe, {**cfg.model_dump(), "seed": seed}, features=list(x_train.columns))
 
 
 def refit(
@@ -139,14 +145,18 @@ def refit(
     """The same model (strategy, tree count) fitted again on all of ``x`` (train + validation days)."""
     if fitted.kind == "isolation_forest":
         return Fitted(
-            "isolation_forest", fit_isolation_forest(x, if_cfg, seed).estimator, fitted.params, fitted.validation
+            "isolation_forest",
+            fit_isolation_forest(x, if_cfg, seed).estimator,
+            fitted.params,
+            fitted.validation,
+            list(x.columns),
         )
     p = fitted.params
     weights, scale = _weights(y, p["imbalance_strategy"], seed)
     keep = weights > 0
     clf = _classifier(xgb_cfg, seed, scale, p["n_estimators"], early=False)
     clf.fit(x[keep], y[keep], verbose=False)
-    return Fitted("xgboost", clf, p, fitted.validation)
+    return Fitted("xgboost", clf, p, fitted.validation, list(x.columns))
 
 
 def importance(fitted: Fitted) -> pd.Series:

@@ -17,7 +17,7 @@ import joblib
 import mlflow.pyfunc
 import pandas as pd
 
-from training.dataset import matrix
+from training.dataset import FEATURES, matrix
 from training.models import Fitted, Kind, score
 
 ARTIFACT = "estimator"
@@ -47,23 +47,27 @@ def load_estimator(kind: Kind, path: str):
 
 
 class FraudModel(mlflow.pyfunc.PythonModel):
-    """``predict(rows) -> DataFrame[score]`` for an XGBoost or an Isolation Forest estimator; the kind comes from
-    the model config (``model_config={"kind": ...}``) when the model is loaded."""
+    """``predict(rows) -> DataFrame[score]`` for an XGBoost or an Isolation Forest estimator; the kind and the
+    input's feature columns come from the model config (``model_config={"kind": ..., "features": [...]}``; the
+    transaction catalogue when a model has no list) when the model is loaded."""
 
-    def __init__(self, kind: Kind | None = None):
+    def __init__(self, kind: Kind | None = None, features: list[str] | None = None):
         self.kind = kind
+        self.features = features or FEATURES
         self.estimator = None
 
     def load_context(self, context) -> None:
         self.kind = self.kind or context.model_config["kind"]
+        self.features = context.model_config.get("features") or self.features
         self.estimator = load_estimator(self.kind, context.artifacts[ARTIFACT])
 
     def predict(self, context, model_input, params=None):
-        return pd.DataFrame({"score": score(self.kind, self.estimator, matrix(model_input))})
+        return pd.DataFrame({"score": score(self.kind, self.estimator, matrix(model_input, self.features))})
 
 
 def model_args(fitted: Fitted, directory: Path) -> dict[str, Any]:
     """What ``mlflow.pyfunc.log_model``/``save_model`` need for ``fitted``: the code entry, the estimator saved
-    under ``directory`` as the artifact, and its kind as model config."""
+    under ``directory`` as the artifact, and its kind and feature columns as model config."""
     artifact = save_estimator(fitted, directory)
-    return {"python_model": str(ENTRY), "artifacts": {ARTIFACT: str(artifact)}, "model_config": {"kind": fitted.kind}}
+    config = {"kind": fitted.kind, "features": fitted.features}
+    return {"python_model": str(ENTRY), "artifacts": {ARTIFACT: str(artifact)}, "model_config": config}

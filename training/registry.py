@@ -42,7 +42,9 @@ def log_model(fitted: Fitted, name: str, example: pd.DataFrame, metadata: dict) 
     """Log ``fitted`` as a pyfunc to the active run and register it as a new version of ``name``;
     returns (model URI, version)."""
     with tempfile.TemporaryDirectory() as tmp:
-        sample = matrix(example.head(2000))  # enough rows to see which features can be unknown (optional)
+        sample = matrix(
+            example.head(2000), fitted.features
+        )  # enough rows to see which features can be unknown (optional)
         info = mlflow.pyfunc.log_model(
             name="model",
             **model_args(fitted, Path(tmp)),
@@ -108,7 +110,8 @@ class LoadedModel:
         """Scores of feature rows (raw values: booleans, None) — converted with ``matrix`` as in training. The
         pyfunc's own ``predict`` is called directly: ``matrix`` already gives the signature's columns and types,
         and MLflow's schema check would add ~2 ms to every single-row request."""
-        return self.model.unwrap_python_model().predict(None, matrix(rows))["score"]
+        model = self.model.unwrap_python_model()
+        return model.predict(None, matrix(rows, model.features))["score"]
 
     def reasons(self, x: pd.DataFrame, k: int = 3) -> list[list[str]]:
         """Per row of the model input ``x`` (``matrix``), the features that raised its score most (SHAP)."""
@@ -135,7 +138,10 @@ class ModelLoader:
         self._client = client(settings)
         self._current: LoadedModel | None = None
         self._stop = threading.Event()
-        self.refresh()
+        try:
+            self.refresh()
+        except Exception as exc:  # the registry down at start: no model until a background refresh gets one
+            log.warning("models:/%s@%s unavailable (retrying every %s s): %s", name, alias, self.refresh_seconds, exc)
         self._thread = threading.Thread(target=self._run, name=f"model-loader-{name}@{alias}", daemon=True)
         self._thread.start()
 

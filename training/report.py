@@ -3,6 +3,7 @@ feature importance (gain) and a SHAP summary, plus the metric tables and the qua
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -16,6 +17,11 @@ from sklearn.metrics import precision_recall_curve, roc_curve
 
 from training import models
 from training.models import Fitted
+
+
+def progress(message: str) -> None:
+    """A progress line of a training job (stderr: stdout is the job's JSON result)."""
+    print(message, file=sys.stderr, flush=True)
 
 
 def _save(fig, path: Path) -> Path:
@@ -50,10 +56,16 @@ def pr_plot(scored: dict[str, pd.DataFrame], path: Path) -> Path:
     return _save(fig, path)
 
 
-def distribution_plot(frame: pd.DataFrame, thresholds: dict[str, float], title: str, path: Path) -> Path:
+def distribution_plot(
+    frame: pd.DataFrame,
+    thresholds: dict[str, float],
+    title: str,
+    path: Path,
+    names: tuple[str, str] = ("genuine", "fraud"),
+) -> Path:
     fig, ax = plt.subplots(figsize=(6, 4))
     bins = np.linspace(frame["score"].min(), frame["score"].max(), 60)
-    for label, name in ((0, "genuine"), (1, "fraud")):
+    for label, name in enumerate(names):
         ax.hist(frame.loc[frame["label"] == label, "score"], bins=bins, alpha=0.6, density=True, label=name)
     for name, t in thresholds.items():
         ax.axvline(t, ls="--", color="black", lw=0.8)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 import tempfile
 from datetime import date, timedelta
 from pathlib import Path
@@ -28,14 +27,12 @@ from lakehouse.config import Settings
 from silver.tables import TRANSACTIONS
 from training import metrics, registry, report
 from training.dataset import FEATURES, Dataset, load, matrix
+from training.market import train_market
 from training.models import Fitted, fit_isolation_forest, fit_xgboost, refit
+from training.report import progress
 from training.split import Periods, periods
 
 TRAIN_TABLE, TEST_TABLE = TRAINING_SET.name, EVALUATION_SET.name
-
-
-def progress(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def default_range(settings: Settings, days: int) -> tuple[date, date]:
@@ -237,6 +234,7 @@ def train(
             kind: _fit_and_log(settings, kind, train_set, test_set, valid, out)
             for kind in ("xgboost", "isolation_forest")
         }
+        market = train_market(settings, (p.train_start, p.train_end), (p.test_start, p.test_end), out)
         context = {
             "MLflow run": parent.info.run_id,
             "train": f"{p.train_start}..{p.train_end} ({len(train_set.frame)} tx, "
@@ -247,8 +245,13 @@ def train(
             "feature version": FEATURE_VERSION,
             **{f"{r['name']}": f"v{r['version']} {r['aliases']}" for r in runs.values()},
         }
+        if market:
+            context[market["name"]] = (
+                f"v{market['version']} {market['aliases']}, alert threshold {market['threshold']:.4f}, test "
+                f"recall {market['metrics']['recall']:.3f}, precision {market['metrics']['precision']:.3f}"
+            )
         summary = write_report(settings, f"Training run {parent.info.run_id}", context, runs, out)
-        summary.update(run_id=parent.info.run_id, periods=p)
+        summary.update(run_id=parent.info.run_id, periods=p, market=market)
         for kind, r in runs.items():
             summary[kind]["fitted"] = r["fitted"]
     return summary
