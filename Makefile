@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 export PYSPARK_PYTHON := $(abspath $(PY))
 export PYSPARK_DRIVER_PYTHON := $(abspath $(PY))
 
-.PHONY: install up down status stream traffic test test-unit lint format clean-state bench optimize backfill reference training-set train evaluate promote models
+.PHONY: install up down status stream serve traffic test test-unit lint format clean-state bench optimize backfill reference training-set train evaluate promote models
 
 install: $(VENV)/.installed  ## create the venv and install the project, its dev extras and redis-server
 
@@ -78,5 +78,9 @@ reference: up  ## load conf/reference/*.csv into the silver reference tables (up
 clean-state: down  ## delete all local data (tables, checkpoints, event log, MLflow artifacts)
 	rm -rf .state
 
-bench: up  ## throughput and memory figures, printed and written to bench/results/
+bench: up  ## throughput, latency and memory figures, printed and written to bench/results/
+	@command -v wrk >/dev/null || { echo "installing wrk (apt)"; apt-get install -y -q wrk >/dev/null; }
 	$(PY) -m bench.run
+
+serve: up  ## the API (FastAPI under uvicorn) on api.host:api.port; OpenAPI docs at /docs
+	$(PY) -m serving

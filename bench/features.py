@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -48,10 +49,25 @@ def _silver_table(txs: list[dict], labels: dict[str, dict]) -> pa.Table:
     return pa.table(cols, schema=TRANSACTIONS.schema)
 
 
-def run(settings: Settings, n: int, requests: int = 5000) -> tuple[list[dict], dict, Settings, list]:
-    """The feature figures; also the isolated settings and the days of the training set it built."""
+@dataclass
+class FeatureLake:
+    """What the features bench leaves for the next benches: its isolated lakehouse (settings and the process
+    environment that selects it), the days of its training set, and the fresh transactions it requested, whose
+    cards' states stay in the online store until ``clear``."""
+
+    settings: Settings
+    env: dict[str, str]
+    days: list
+    fresh: list[dict]
+
+    def clear(self) -> None:
+        OnlineStore(self.settings).clear()
+
+
+def run(settings: Settings, n: int, requests: int = 5000) -> tuple[list[dict], dict, FeatureLake]:
+    """The feature figures, and the lake it leaves (see ``FeatureLake``)."""
     root = Path(tempfile.mkdtemp(prefix="bench-features-"))
-    iso, _ = isolated(root, "bench-features")
+    iso, iso_env = isolated(root, "bench-features")
     reference.load(iso)
     lookup = ReferenceLookup(iso)
     gen = TrafficGenerator(GeneratorConfig(seed=7, rate=1, customers=5000, label_delay_days=2)).events()
@@ -116,7 +132,6 @@ def run(settings: Settings, n: int, requests: int = 5000) -> tuple[list[dict], d
         f"  (Redis read p50 {request['redis_read']['p50_ms']} ms)",
         flush=True,
     )
-    store.clear()
 
     # offline: the history as silver, then a training set over its days
     from features.training_set import build
@@ -133,4 +148,4 @@ def run(settings: Settings, n: int, requests: int = 5000) -> tuple[list[dict], d
         rows.append(report("features: build-training-set (Spark)", out["rows"], time.perf_counter() - t0))
     finally:
         spark.stop()
-    return rows, request, iso, days
+    return rows, request, FeatureLake(iso, iso_env, days, fresh)

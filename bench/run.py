@@ -96,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--live-rate", type=float, default=1000, help="live transactions/s for the latency figure")
     parser.add_argument("--live-seconds", type=float, default=60)
     parser.add_argument("--max-records-per-trigger", type=int, default=50_000)
+    parser.add_argument("--api-rate", type=float, default=1000, help="offered requests/s for the API latency")
+    parser.add_argument("--api-seconds", type=float, default=30)
     parser.add_argument("--features-events", type=int, default=1_000_000, help="transactions for the feature figures")
     args = parser.parse_args(argv)
     settings = get_settings()
@@ -152,12 +154,12 @@ def main(argv: list[str] | None = None) -> int:
     print("features (online engine, Redis requests, training-set build):", flush=True)
     from bench import features
 
-    feature_rows, feature_request, iso, days = features.run(settings, args.features_events)
+    feature_rows, feature_request, lake = features.run(settings, args.features_events)
     rows += feature_rows
     print("models (fit, batch and single-request scoring of the MLflow pyfuncs):", flush=True)
     from bench import models
 
-    model_rows, model_scoring = models.run(iso, days[0], days[-1])
+    model_rows, model_scoring = models.run(lake.settings, lake.days[0], lake.days[-1])
     rows += model_rows
     print("medallion (the pipeline process, event log -> bronze -> silver -> decisions):", flush=True)
     from bench import medallion
@@ -167,6 +169,12 @@ def main(argv: list[str] | None = None) -> int:
         settings, args.medallion_events, args.live_rate, args.live_seconds, args.max_records_per_trigger, registered
     )
     rows += medallion_rows
+    print(f"api (uvicorn + wrk on loopback, scoring with the registered models, {args.api_rate:.0f}/s):", flush=True)
+    from bench import api
+
+    env = {**lake.env, **{f"LAKEHOUSE__MODELS__{k.upper()}": v for k, v in registered.items()}}
+    api_scoring = api.run(settings, env, lake.fresh, args.api_rate, args.api_seconds)
+    lake.clear()
     mc = registry.client(settings)
     for name in (registered["supervised_name"], registered["unsupervised_name"]):
         mc.delete_registered_model(name)
@@ -183,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         "decision_latency": latency["decisions"],
         "feature_request": feature_request,
         "model_scoring": model_scoring,
+        "api_scoring": api_scoring,
         "memory": memory,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -213,6 +213,31 @@ class ContractSettings(BaseModel):
     min_event_time: str = "2000-01-01T00:00:00Z"
 
 
+Scope = Literal["score", "read", "audit"]
+
+
+class ApiToken(BaseModel):
+    """One bearer token of the API and what it may do."""
+
+    token: SecretStr = Field(min_length=16)
+    scopes: list[Scope]
+
+
+class ApiSettings(BaseModel):
+    """The FastAPI service (``python -m serving``, serving/api.py)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    # name -> token and scopes; set them in conf/<profile>.yaml or LAKEHOUSE__API__TOKENS='{"name": {...}}'
+    tokens: dict[str, ApiToken] = {}
+    rate_limit_per_s: float = Field(default=0.0, ge=0)  # per token; 0 = no limit
+    rate_limit_burst: int = Field(default=200, ge=1)
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    max_batch: int = Field(default=1000, ge=1)
+    history_max: int = Field(default=500, ge=1)
+    audit_log: str = ".state/audit/api.jsonl"  # every audit call, one JSON line
+
+
 class Settings(BaseSettings):
     """The whole configuration of one deployment (profile)."""
 
@@ -232,6 +257,7 @@ class Settings(BaseSettings):
     spark: SparkSettings = SparkSettings()
     traffic: TrafficSettings = TrafficSettings()
     contracts: ContractSettings = ContractSettings()
+    api: ApiSettings = ApiSettings()
 
     @classmethod
     def settings_customise_sources(

@@ -270,13 +270,29 @@ def as_of(
     version: int | None = None,
     timestamp: datetime | str | None = None,
     columns: list[str] | None = None,
+    filters: list[tuple] | None = None,
 ) -> pa.Table:
-    """The table's rows at ``version``, or at the last version committed at or before ``timestamp``.
+    """The table's rows (those matching DNF ``filters``, if given) at ``version``, or at the last version
+    committed at or before ``timestamp``.
 
     ``timestamp`` is a datetime or an ISO-8601 string (UTC when naive). Raises ``TimeTravelError`` for a version
     that does not exist, that the log retention dropped, or whose files VACUUM deleted, and for a timestamp
     before the oldest version kept.
     """
+    dt = open_as_of(settings, uri, version=version, timestamp=timestamp)
+    try:
+        return dt.to_pyarrow_table(columns=columns, filters=filters)
+    except FileNotFoundError as e:
+        raise TimeTravelError(
+            f"{dt.table_uri}: the files of version {dt.version()} were deleted by VACUUM (retention "
+            f"{settings.lakehouse.retention_hours} h; only versions younger than that stay readable): {e}"
+        ) from e
+
+
+def open_as_of(
+    settings: Settings, uri: TableSpec | str, *, version: int | None = None, timestamp: datetime | str | None = None
+) -> DeltaTable:
+    """The table at ``version``, or at the last version committed at or before ``timestamp`` (see ``as_of``)."""
     if (version is None) == (timestamp is None):
         raise ValueError("as_of needs exactly one of version= or timestamp=")
     _, uri = _name_uri(settings, uri)
@@ -295,13 +311,7 @@ def as_of(
                     f"{uri}: timestamp {ts.isoformat()} is before the oldest version kept, {version} "
                     f"(committed {first.isoformat()})"
                 )
-    try:
-        return dt.to_pyarrow_table(columns=columns)
-    except FileNotFoundError as e:
-        raise TimeTravelError(
-            f"{uri}: the files of version {version} were deleted by VACUUM (retention "
-            f"{settings.lakehouse.retention_hours} h; only versions younger than that stay readable): {e}"
-        ) from e
+    return dt
 
 
 def _open_version(settings: Settings, uri: str, version: int) -> DeltaTable:

@@ -95,6 +95,26 @@ def trained(feature_lake):
     return settings, env, summary
 
 
+@pytest.fixture(scope="session")
+def decided(trained):
+    """The feature lake after one more pipeline pass over an hour of new traffic (and ticks), scored with the
+    models."""
+    from support import run
+
+    from lakehouse import delta
+
+    settings, env, summary = trained
+    silver = delta.read_arrow(settings, settings.table_uri("silver", "transactions"), columns=["event_time"])
+    start = max(silver.column("event_time").to_pylist()) + timedelta(minutes=5)
+    market = {**env, "LAKEHOUSE__TRAFFIC__MARKET_RATE": "0.5"}  # ~8,600 ticks, ~40 of them injected anomalies
+    run(market, "-m", "lakehouse.traffic", "generate", "--rate", "1", "--customers", "200", "--fraud-rate", "0.05",
+        "--start", start.isoformat(), "--days", "0.04", "--speedup", "0", "--label-delay-days", "0.3",
+        "--with-market", "--seed", "9")  # fmt: skip
+    out = run(env, "-m", "lakehouse.pipeline", "--no-traffic", "--available-now")
+    assert "decisions" in out, out[-2000:]
+    return settings, env, summary, start
+
+
 def pytest_collection_modifyitems(items):
     for item in items:
         if "stack" in getattr(item, "fixturenames", ()):

@@ -7,31 +7,13 @@ gold.market_anomalies with one risk alert each."""
 from __future__ import annotations
 
 import json
-from datetime import timedelta
 
 import pytest
-from support import run
 
 from lakehouse import delta
 from serving.scorer import Models, Scorer
 from training import registry
 from training.dataset import FEATURES
-
-
-@pytest.fixture(scope="module")
-def decided(trained):
-    """The feature lake after one more pipeline pass over an hour of new traffic (and ticks), scored with the
-    models."""
-    settings, env, summary = trained
-    silver = delta.read_arrow(settings, settings.table_uri("silver", "transactions"), columns=["event_time"])
-    start = max(silver.column("event_time").to_pylist()) + timedelta(minutes=5)
-    market = {**env, "LAKEHOUSE__TRAFFIC__MARKET_RATE": "0.5"}  # ~8,600 ticks, ~40 of them injected anomalies
-    run(market, "-m", "lakehouse.traffic", "generate", "--rate", "1", "--customers", "200", "--fraud-rate", "0.05",
-        "--start", start.isoformat(), "--days", "0.04", "--speedup", "0", "--label-delay-days", "0.3",
-        "--with-market", "--seed", "9")  # fmt: skip
-    out = run(env, "-m", "lakehouse.pipeline", "--no-traffic", "--available-now")
-    assert "decisions" in out, out[-2000:]
-    return settings, env, summary, start
 
 
 def table(settings, layer: str, name: str) -> list[dict]:

@@ -1,0 +1,156 @@
+"""What the API reads from the lakehouse (Delta tables, with time travel) and how far the stream is behind.
+
+Every answer comes from the tables themselves: a verdict and a card's history from ``gold.decisions``, the day's
+summary from ``gold.fraud_summary_daily``, an audit from ``silver.transactions`` and ``gold.decisions`` as they
+were at a version or a time (Delta time travel, not a copy), a table's history from its Delta log.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from deltalake import DeltaTable
+from deltalake.exceptions import TableNotFoundError
+
+from gold.tables import DECISIONS_TABLE, FRAUD_SUMMARY_DAILY
+from lakehouse import delta, eventlog
+from lakehouse.config import Settings
+from lakehouse.maintenance import TimeTravelError, open_as_of
+from lakehouse.streaming import checkpoint_dir
+from lakehouse.tables import get
+from silver.tables import TRANSACTIONS
+
+# the bronze queries and the topics they consume (the stream's entry point: its lag is the pipeline's)
+CONSUMERS = {"bronze.transactions": "transactions", "bronze.labels": "labels", "bronze.market_ticks": "market_ticks"}
+
+
+def _matching(dt: DeltaTable, column: str, value: object) -> list[dict]:
+    """The rows of ``dt`` whose ``column`` equals ``value``. The column is cast to its table type in the filter:
+    some data files hold it as ``string_view``, which no comparison with a plain string accepts."""
+    dataset = dt.to_pyarrow_dataset()
+    typ = dataset.schema.field(column).type
+    return dataset.to_table(filter=pc.field(column).cast(typ) == pa.scalar(value, typ)).to_pylist()
+
+
+def _read(settings: Settings, uri: str, column: str, value: object) -> list[dict]:
+    try:
+        return _matching(delta.open_table(settings, uri), column, value)
+    except TableNotFoundError:
+        return []
+
+
+def _committed_at(settings: Settings, uri: str, version: int) -> datetime | None:
+    for entry in delta.history(settings, uri):
+        if entry.get("version") == version:
+            return datetime.fromtimestamp(entry["timestamp"] / 1000, UTC)
+    return None
+
+
+class LakeReader:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.decisions = DECISIONS_TABLE.uri(settings)
+
+    def verdict(self, transaction_id: str) -> dict | None:
+        rows = _read(self.settings, self.decisions, "transaction_id", transaction_id)
+        return rows[0] if rows else None
+
+    def card_history(self, card_id: str, limit: int) -> list[dict]:
+        rows = _read(self.settings, self.decisions, "card_id", card_id)
+        rows.sort(key=lambda r: (r["event_time"], r["transaction_id"]), reverse=True)
+        return rows[:limit]
+
+    def fraud_summary(self, day: date) -> dict | None:
+        rows = _read(self.settings, FRAUD_SUMMARY_DAILY.uri(self.settings), "event_date", day)
+        return rows[0] if rows else None
+
+    def audit(self, transaction_id: str, version: int | None, as_of: datetime | None) -> dict:
+        """silver.transactions at ``version`` (or at ``as_of``) and gold.decisions at that same time: the row, its
+        label then, and the decision with its model version then. Raises ``TimeTravelError``."""
+        silver = TRANSACTIONS.uri(self.settings)
+        try:
+            dt = open_as_of(self.settings, silver, version=version, timestamp=as_of)
+        except TableNotFoundError as exc:  # before the pipeline's first batch
+            raise TimeTravelError(f"{silver}: no such table yet") from exc
+        at = _committed_at(self.settings, silver, dt.version()) if as_of is None else as_of
+        row = _matching(dt, "transaction_id", transaction_id)
+        decision, decisions_version = None, None
+        try:
+            dd = open_as_of(self.settings, self.decisions, timestamp=at)
+            decisions_version = dd.version()
+            found = _matching(dd, "transaction_id", transaction_id)
+            decision = found[0] if found else None
+        except (TimeTravelError, TableNotFoundError):
+            pass  # no decision table yet at that time
+        tx = row[0] if row else None
+        return {
+            "transaction_id": transaction_id,
+            "as_of": at,
+            "silver": {"table": TRANSACTIONS.full_name, "version": dt.version(), "row": tx},
+            "label": None
+            if tx is None
+            else {
+                "label": tx.get("label"),
+                "reported_at": tx.get("label_reported_at"),
+                "scenario": tx.get("label_scenario"),
+            },
+            "decision": {"table": DECISIONS_TABLE.full_name, "version": decisions_version, "row": decision},
+            "model": None
+            if decision is None
+            else {"name": decision["model_name"], "version": decision["model_version"]},
+        }
+
+    def table_history(self, full_name: str, limit: int) -> list[dict]:
+        """The Delta commits of a catalogued table, newest first (KeyError for an unknown name; none for a table
+        not created yet)."""
+        uri = get(full_name).uri(self.settings)
+        try:
+            commits = delta.history(self.settings, uri, limit)
+        except TableNotFoundError:
+            return []
+        out = []
+        for h in commits:
+            out.append({
+                "version": h.get("version"),
+                "timestamp": datetime.fromtimestamp(h["timestamp"] / 1000, UTC) if "timestamp" in h else None,
+                "operation": h.get("operation"),
+                "parameters": h.get("operationParameters") or {},
+                "query_id": h.get("streaming.query_id"),
+                "batch_id": int(h["streaming.batch_id"]) if h.get("streaming.batch_id") else None,
+                "metrics": h.get("operationMetrics") or {},
+            })  # fmt: skip
+        return out
+
+    def public(self, message: str) -> str:
+        """``message`` with the tables' storage locations replaced by their names (callers see no paths)."""
+        for spec in (TRANSACTIONS, DECISIONS_TABLE):
+            message = message.replace(spec.uri(self.settings), spec.full_name)
+        return message
+
+    def reachable(self) -> bool:
+        return delta.table_exists(self.settings, self.decisions)
+
+
+def committed_offsets(checkpoint: str) -> dict[str, int] | None:
+    """The source offsets (partition -> next offset) of a query's last committed batch, from Spark's checkpoint
+    (``offsets/N`` holds a batch's planned end, ``commits/N`` marks it done); None before the first commit."""
+    root = Path(checkpoint)
+    commits = [int(p.name) for p in (root / "commits").glob("[0-9]*")] if (root / "commits").is_dir() else []
+    if not commits:
+        return None
+    lines = (root / "offsets" / str(max(commits))).read_text().splitlines()
+    return {str(p): int(o) for p, o in json.loads(lines[2]).items()}
+
+
+def consumer_lag(settings: Settings, log: eventlog.EventLog) -> dict[str, int | None]:
+    """Per bronze query, the records of its topic not yet committed to bronze (None: the query never ran)."""
+    out: dict[str, int | None] = {}
+    for query, attr in CONSUMERS.items():
+        done = committed_offsets(checkpoint_dir(settings, query))
+        ends = log.end_offsets(getattr(settings.eventlog.topics, attr).name)
+        out[query] = None if done is None else sum(max(0, e - done.get(str(p), 0)) for p, e in ends.items())
+    return out
