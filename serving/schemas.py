@@ -154,7 +154,6 @@ class ModelInUse(BaseModel):
     alias: str
     version: str | None
     loaded_at: datetime | None = Field(None, description="when this service started using the version")
-    registered_at: datetime | None = None
 
 
 class Models(BaseModel):
