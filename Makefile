@@ -6,13 +6,16 @@ PY := $(VENV)/bin/python
 export PYSPARK_PYTHON := $(abspath $(PY))
 export PYSPARK_DRIVER_PYTHON := $(abspath $(PY))
 
-.PHONY: install up down status stream serve traffic test test-unit lint format clean-state bench optimize backfill reference training-set train evaluate promote models
+.PHONY: install up down status stream serve traffic test test-unit lint format clean-state bench optimize backfill reference training-set train evaluate promote models prometheus report notebooks
 
 install: $(VENV)/.installed  ## create the venv and install the project, its dev extras and redis-server
 
 $(VENV)/.installed: pyproject.toml
 	@command -v redis-server >/dev/null || { echo "installing redis-server (apt)"; apt-get install -y -q redis-server >/dev/null; }
 	@command -v java >/dev/null || { echo "installing Java 17 (apt)"; apt-get install -y -q openjdk-17-jre-headless >/dev/null; }
+	@command -v chromedriver >/dev/null || { echo "installing chromium and chromium-driver (apt), for the console's browser test"; \
+		apt-get install -y -q chromium chromium-driver >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q chromium chromium-driver >/dev/null; }; }
+	@command -v prometheus >/dev/null || { echo "installing prometheus (apt)"; apt-get install -y -q prometheus >/dev/null; }
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
@@ -72,6 +75,14 @@ promote: up  ## point a model's champion alias at its challenger (or VERSION): m
 models: up  ## registered model versions and their aliases
 	$(PY) -m training models
 
+notebooks: up  ## execute notebooks/*.ipynb in place against the stack (LAKEHOUSE_PROFILE, LAKEHOUSE__* select the lake)
+	$(PY) -m ipykernel install --sys-prefix --name fraud-lakehouse --display-name "Python 3 (fraud-lakehouse)" >/dev/null
+	cd notebooks && $(abspath $(VENV))/bin/jupyter-execute --inplace --timeout=600 --kernel_name=fraud-lakehouse \
+		01_gold_tables.ipynb 02_time_travel_audit.ipynb 03_train_and_compare.ipynb
+
+report: up  ## model and data monitoring report of event dates FROM..TO (default: the newest days of gold.decisions), HTML + PNG
+	$(PY) -m monitoring report $(if $(FROM),--from $(FROM)) $(if $(TO),--to $(TO)) $(if $(OUT),--out $(OUT)) $(REPORT_ARGS)
+
 reference: up  ## load conf/reference/*.csv into the silver reference tables (upsert)
 	$(PY) -m silver.reference load
 
@@ -81,6 +92,9 @@ clean-state: down  ## delete all local data (tables, checkpoints, event log, MLf
 bench: up  ## throughput, latency and memory figures, printed and written to bench/results/
 	@command -v wrk >/dev/null || { echo "installing wrk (apt)"; apt-get install -y -q wrk >/dev/null; }
 	$(PY) -m bench.run
+
+prometheus: install  ## Prometheus on metrics.prometheus_port scraping `make stream` and `make serve` (docs/operations.md)
+	$(PY) -m lakehouse.observability prometheus
 
 serve: up  ## the API (FastAPI under uvicorn) on api.host:api.port; OpenAPI docs at /docs
 	$(PY) -m serving

@@ -1,6 +1,7 @@
-"""The API benchmark: ``python -m serving`` (uvicorn, one worker) on loopback, with the real Redis online states
-of the features bench and the models bench's registered champions, loaded by ``wrk`` (a C HTTP load generator)
-with single-transaction ``POST /v1/transactions/score`` requests cycling through fresh generated transactions.
+"""The API benchmark: ``python -m serving`` (uvicorn with one worker, then with ``workers``) on loopback, with the
+real Redis online states of the features bench and the models bench's registered champions, loaded by ``wrk`` (a C
+HTTP load generator) with single-transaction ``POST /v1/transactions/score`` requests cycling through fresh
+generated transactions.
 
 1. Paced: ``rate`` requests/s spread over the connections (wrk's per-connection delay), for ``seconds``:
    throughput and latency percentiles at that offered load (the issue's target: p99 <= 10 ms at 1,000/s).
@@ -62,8 +63,19 @@ def _wrk(url: str, script: Path, connections: int, seconds: float) -> None:
                     "-s", str(script), url], check=True, capture_output=True, text=True)  # fmt: skip
 
 
-def run(settings: Settings, env: dict[str, str], requests: list[dict], rate: float, seconds: float) -> dict:
-    """Latency and throughput of the scoring endpoint, paced at ``rate``/s and saturated."""
+def run(
+    settings: Settings, env: dict[str, str], requests: list[dict], rate: float, seconds: float, workers: int = 2
+) -> dict:
+    """Latency and throughput of the scoring endpoint, paced at ``rate``/s and saturated, for one uvicorn worker
+    and for ``workers``."""
+    out = {}
+    for n in sorted({1, workers}):
+        print(f"  api: {n} worker{'s' if n > 1 else ''}", flush=True)
+        out[f"workers_{n}"] = _run(settings, env, requests, rate, seconds, n)
+    return out
+
+
+def _run(settings: Settings, env: dict[str, str], requests: list[dict], rate: float, seconds: float, workers: int):
     if shutil.which("wrk") is None:
         raise RuntimeError("wrk is not installed: apt-get install -y wrk (make bench does)")
     token = next(iter(settings.api.tokens.values())).token.get_secret_value()
@@ -71,7 +83,8 @@ def run(settings: Settings, env: dict[str, str], requests: list[dict], rate: flo
     bodies = tmp / "bodies.jsonl"
     bodies.write_text("".join(json.dumps(r, separators=(",", ":")) + "\n" for r in requests))
     port = _port()
-    proc = subprocess.Popen([sys.executable, "-m", "serving", "--port", str(port)], env={**os.environ, **env},
+    proc = subprocess.Popen([sys.executable, "-m", "serving", "--port", str(port), "--workers", str(workers)],
+                            env={**os.environ, **env},
                             start_new_session=True, stdout=subprocess.DEVNULL, stderr=open(tmp / "api.log", "w"))  # noqa: SIM115 - closed with the process  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
@@ -83,16 +96,20 @@ def run(settings: Settings, env: dict[str, str], requests: list[dict], rate: flo
             result = tmp / f"{name}.json"
             script = tmp / f"{name}.lua"
             script.write_text(SCRIPT % {"bodies": bodies, "token": token, "pacing": pacing, "out": result})
+            before = cpu_times()
             _wrk(url, script, connections, seconds)
             figures = json.loads(result.read_text())
+            figures["cpu_steal_percent"] = steal_percent(before, cpu_times())
             figures["requests_per_s"] = round(figures["requests"] / figures["seconds"])
             figures["offered_per_s"] = rate if name == "paced" else None
             out[name] = figures
             print(f"  api: {name:<9} {figures['requests_per_s']:>6} req/s  p50 {figures['p50_ms']:.2f} ms  p99 "
                   f"{figures['p99_ms']:.2f} ms  p99.9 {figures['p999_ms']:.2f} ms  errors {figures['errors']}, "
-                  f"non-2xx {figures['non_2xx']}", flush=True)  # fmt: skip
+                  f"non-2xx {figures['non_2xx']}, CPU stolen by the host {figures['cpu_steal_percent']} %",
+                  flush=True)  # fmt: skip
         out["connections"], out["seconds"], out["distinct_requests"] = connections, seconds, len(requests)
-        out["api_rss_mb"] = _rss_mb(proc.pid)
+        out["workers"] = workers
+        out["api_rss_mb"] = _rss_mb(proc.pid) + sum(_rss_mb(int(c)) for c in _children(proc.pid))
         return out
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -114,6 +131,23 @@ def _ready(url: str, token: str, body: dict, proc: subprocess.Popen) -> None:
             pass
         time.sleep(0.5)
     raise TimeoutError("the API did not score with a model and the online store within 90 s")
+
+
+def cpu_times() -> list[int]:
+    """The machine's CPU time counters (``/proc/stat``: user nice system idle iowait irq softirq steal ...)."""
+    return [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+
+
+def steal_percent(before: list[int], after: list[int]) -> float:
+    """The share of CPU time the hypervisor gave to others between two ``cpu_times``: figures taken while it is
+    high understate this machine."""
+    spent = [b - a for a, b in zip(before, after, strict=True)]
+    return round(100 * spent[7] / max(1, sum(spent[:8])), 1)
+
+
+def _children(pid: int) -> list[str]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return path.read_text().split() if path.exists() else []
 
 
 def _rss_mb(pid: int) -> int:

@@ -98,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-records-per-trigger", type=int, default=50_000)
     parser.add_argument("--api-rate", type=float, default=1000, help="offered requests/s for the API latency")
     parser.add_argument("--api-seconds", type=float, default=30)
+    parser.add_argument("--api-workers", type=int, default=2, help="uvicorn workers (also measured with one)")
     parser.add_argument("--features-events", type=int, default=1_000_000, help="transactions for the feature figures")
     args = parser.parse_args(argv)
     settings = get_settings()
@@ -173,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     from bench import api
 
     env = {**lake.env, **{f"LAKEHOUSE__MODELS__{k.upper()}": v for k, v in registered.items()}}
-    api_scoring = api.run(settings, env, lake.fresh, args.api_rate, args.api_seconds)
+    api_scoring = api.run(settings, env, lake.fresh, args.api_rate, args.api_seconds, args.api_workers)
     lake.clear()
     mc = registry.client(settings)
     for name in (registered["supervised_name"], registered["unsupervised_name"]):

@@ -35,6 +35,7 @@ class FeatureResult:
     reason: str | None = None
     online_ms: float = 0.0
     states: dict = field(default_factory=dict)  # (entity, key) -> whether the online store knew it
+    transaction: dict = field(default_factory=dict)  # the request enriched with the reference columns
 
 
 class ReferenceLookup:
@@ -80,7 +81,8 @@ class RequestFeatures:
         except OnlineStoreUnavailable as exc:
             values = {name: None for name in TRANSACTION_FEATURE_NAMES}
             values.update(context_values(enriched, ts))
-            return FeatureResult(values, "degraded", f"{exc}; only {len(CONTEXT)} request features computed")
+            reason = f"{exc}; only {len(CONTEXT)} request features computed"
+            return FeatureResult(values, "degraded", reason, transaction=enriched)
         online_ms = (time.perf_counter() - t0) * 1000
         card = states[("card", tx["card_id"])] or online.new_card()
         places = {}
@@ -88,4 +90,5 @@ class RequestFeatures:
             key = tx.get(f"{p}_id")
             places[p] = None if key is None else states[(p, key)] or online.new_place()
         values = online.transaction_features(card, places, enriched, ts)
-        return FeatureResult(values, "ok", None, online_ms, {f"{e}:{k}": s is not None for (e, k), s in states.items()})
+        known = {f"{e}:{k}": s is not None for (e, k), s in states.items()}
+        return FeatureResult(values, "ok", None, online_ms, known, enriched)

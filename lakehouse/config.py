@@ -189,6 +189,44 @@ class DecisionSettings(BaseModel):
         return self
 
 
+class MonitoringSettings(BaseModel):
+    """The model and data monitoring report (``python -m monitoring report``, docs/monitoring.md)."""
+
+    default_days: int = Field(default=7, ge=1)  # the period when none is given: the newest days of gold.decisions
+    # PSI: the reference's quantile bins (deciles), NaN a bin of its own, empty bins floored at psi_epsilon
+    psi_bins: int = Field(default=10, ge=2)
+    psi_epsilon: float = Field(default=1e-4, gt=0, lt=0.01)
+    psi_warn: float = Field(default=0.1, gt=0)
+    psi_alert: float = Field(default=0.25, gt=0)
+    # rows sampled (seeded) from the training period and from the period's decisions for the drift measures
+    reference_rows: int = Field(default=50_000, ge=100)
+    period_rows: int = Field(default=50_000, ge=100)
+    seed: int = 7
+    top_rules: int = Field(default=10, ge=1)
+    latency_percentiles: list[float] = [50.0, 90.0, 95.0, 99.0]
+    # how long a drift alert's claim key (one alert per report period and feature) is kept
+    alert_ttl_days: int = Field(default=90, ge=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> MonitoringSettings:
+        if self.psi_warn >= self.psi_alert:
+            raise ValueError("monitoring.psi_warn must be below monitoring.psi_alert")
+        if not all(0 < p < 100 for p in self.latency_percentiles):
+            raise ValueError("monitoring.latency_percentiles must lie in (0, 100)")
+        return self
+
+
+class MetricsSettings(BaseModel):
+    """Prometheus metrics: the stream's exporter (``make stream``) and a local Prometheus (``make prometheus``)."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"  # the exporter's address (0.0.0.0 in a container)
+    port: int = 9108
+    lag_interval_s: float = Field(default=5.0, gt=0)  # how often the consumer lag is measured
+    prometheus_port: int = 9090  # a local Prometheus scraping the stream and the API
+    scrape_interval_s: float = Field(default=5.0, gt=0)
+
+
 class SparkSettings(BaseModel):
     master: str = "local[2]"
     shuffle_partitions: int = 4
@@ -236,6 +274,9 @@ class ApiSettings(BaseModel):
     max_batch: int = Field(default=1000, ge=1)
     history_max: int = Field(default=500, ge=1)
     audit_log: str = ".state/audit/api.jsonl"  # every audit call, one JSON line
+    # uvicorn worker processes; with more than one, /metrics adds up every worker's (prometheus multiprocess) and
+    # rate limits apply per worker
+    workers: int = Field(default=1, ge=1)
 
 
 class Settings(BaseSettings):
@@ -254,6 +295,8 @@ class Settings(BaseSettings):
     mlflow: MlflowSettings = MlflowSettings()
     models: ModelSettings = ModelSettings()
     decision: DecisionSettings = DecisionSettings()
+    monitoring: MonitoringSettings = MonitoringSettings()
+    metrics: MetricsSettings = MetricsSettings()
     spark: SparkSettings = SparkSettings()
     traffic: TrafficSettings = TrafficSettings()
     contracts: ContractSettings = ContractSettings()

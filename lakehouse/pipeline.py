@@ -15,6 +15,7 @@ import sys
 import time
 
 from lakehouse.config import get_settings
+from lakehouse.observability import Monitor
 from lakehouse.spark import get_spark
 
 MAX_RESTARTS = 5
@@ -85,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     deadline = time.monotonic() + args.duration if args.duration else None
     restarts = 0
+    monitor = Monitor.start(spark, settings)  # Prometheus exporter on metrics.host:metrics.port
     try:
         while True:
             queries = start_stages(spark, settings, stages)
@@ -109,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
             traffic.send_signal(signal.SIGINT)
             traffic.wait(timeout=30)
         stop_all(_ACTIVE)
+        if monitor is not None:
+            monitor.stop()
         spark.stop()
     return 0
 

@@ -5,7 +5,8 @@ row-level check and the quarantined rest (each with the checks it failed); a che
 rows (a wrong dtype, a missing column, a check that errors) fails the whole batch. Freshness is a
 table-level check: it is reported, never quarantines. ``record`` writes the per-expectation results to
 ``quality.expectation_results`` and the quarantined rows to ``silver.quarantine`` (exactly once per batch)
-and counts failures in Prometheus counters exported as a node-exporter textfile.
+and counts failures in Prometheus counters exported as a node-exporter textfile (and served by the stream's
+exporter, ``lakehouse.observability``).
 
 Check names are ``<column>:<check>`` for column checks (``amount:not_nullable``, ``amount:dtype``,
 ``channel:accepted_values``) and the bare check name for dataframe-level checks.

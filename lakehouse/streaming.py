@@ -13,7 +13,7 @@ from pathlib import Path
 from pyspark.sql import DataFrame
 from pyspark.sql.streaming import StreamingQuery
 
-from lakehouse import delta
+from lakehouse import delta, metrics
 from lakehouse.config import Settings
 
 
@@ -99,6 +99,8 @@ def delta_sink(settings: Settings, name: str, outputs: Outputs) -> Callable[[Dat
                     settings, out.uri, table, app_id=app_id, batch_id=batch_id, partition_by=out.partition_by
                 )
                 report.append(f"{out.name} {table.num_rows} rows {'written' if written else 'already committed'}")
+                if written:
+                    metrics.observe_written(name, out.name, table.num_rows)
         finally:
             batch.unpersist()
         print(

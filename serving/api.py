@@ -10,10 +10,10 @@ scope (``serving.auth``); audit calls are appended to ``api.audit_log``.
 import copy
 import json
 import logging
+import os
 import re
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -25,16 +25,18 @@ import httpx
 import redis
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response, status
 from fastapi import Path as PathParam
-from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
+from pydantic import BaseModel
 
 from features.request import RequestFeatures
 from lakehouse import eventlog
-from lakehouse.config import Settings
+from lakehouse.config import Settings, get_settings
 from lakehouse.contracts import ContractError, Limits, check, schema
 from lakehouse.maintenance import TimeTravelError
 from serving import schemas
 from serving.auth import Authenticator, Principal
+from serving.console import router as console_router
+from serving.guard import Guard
 from serving.lake import LakeReader, consumer_lag
 from serving.scorer import Scorer, current
 
@@ -43,6 +45,7 @@ API = "/v1"
 TxId = Annotated[str, PathParam(min_length=1, max_length=64, pattern=r"^\S+$")]
 CardId = Annotated[str, PathParam(min_length=8, max_length=64, pattern=r"^\S+$")]
 TX_ID_PATTERN = r"^\S+$"  # the API's ids are path segments: no whitespace (the contract allows it)
+METRICS_DIR = "PROMETHEUS_MULTIPROC_DIR"  # set by ``python -m serving --workers N`` (N > 1) for prometheus_client
 TableName = Annotated[str, PathParam(pattern=r"^[a-z_]+\.[a-z_]+$", description="e.g. silver.transactions")]
 
 
@@ -88,6 +91,12 @@ class AuditLog:
             f.write(json.dumps(entry, default=str) + "\n")
 
 
+def json_response(model: BaseModel) -> Response:
+    """``model`` as its JSON, serialized once (a route returning the model has FastAPI validate it again against
+    its ``response_model``, which stays declared for the OpenAPI schema)."""
+    return Response(model.model_dump_json(), media_type="application/json")
+
+
 def _contract_error(exc: ContractError, loc: list) -> HTTPException:
     field = exc.detail.split("'")[1] if exc.detail.startswith("field '") else None
     if exc.reason in ("time_in_future", "time_too_old"):
@@ -110,6 +119,11 @@ def _transaction_schema(limits: Limits) -> dict:
         f"; not before {limits.min_event_time_ms} and at most {limits.max_future_skew_ms} ms ahead of now"
     )
     return out
+
+
+def from_environment() -> FastAPI:
+    """The app of the settings the environment selects: each uvicorn worker's (``python -m serving --workers``)."""
+    return create_app(get_settings())
 
 
 def create_app(settings: Settings, services: Services | Callable[[], Services] | None = None) -> FastAPI:
@@ -140,7 +154,7 @@ def create_app(settings: Settings, services: Services | Callable[[], Services] |
         return state["services"]
 
     def scope(name: str):
-        def dependency(request: Request):
+        async def dependency(request: Request):  # async: no thread-pool hop for a few microseconds of work
             try:
                 return auth.authorize(request, name)
             except HTTPException as exc:
@@ -150,25 +164,10 @@ def create_app(settings: Settings, services: Services | Callable[[], Services] |
 
         return Depends(dependency)
 
-    @app.middleware("http")
-    async def measure(request: Request, call_next):
-        t0 = time.perf_counter()
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > cfg.max_body_bytes):
-            response: Response = JSONResponse(
-                {"detail": f"request body over {cfg.max_body_bytes} bytes"}, status.HTTP_413_CONTENT_TOO_LARGE
-            )
-        else:
-            try:
-                response = await call_next(request)
-            except Exception:  # never a stack trace to the caller: an id to find it in the log
-                incident = uuid.uuid4().hex[:12]
-                log.exception("unhandled error %s on %s %s", incident, request.method, request.url.path)
-                response = JSONResponse({"detail": "internal error", "incident": incident}, 500)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        metrics.latency.labels(request.method, path, str(response.status_code)).observe(time.perf_counter() - t0)
-        return response
+    def observe(method: str, route: str, code: int, seconds: float) -> None:
+        metrics.latency.labels(method, route, str(code)).observe(seconds)
+
+    app.add_middleware(Guard, max_body_bytes=cfg.max_body_bytes, observe=observe)
 
     async def body(request: Request) -> Any:
         raw = await request.body()
@@ -198,7 +197,7 @@ def create_app(settings: Settings, services: Services | Callable[[], Services] |
         for tx in txs:
             t0 = time.perf_counter()
             result = s.features.compute(tx)
-            rows.append(s.features.reference.enrich(tx))
+            rows.append(result.transaction)
             vectors.append(result.values)
             computed.append((result, t0))
         decided = s.scorer.decide(rows, vectors)
@@ -223,15 +222,15 @@ def create_app(settings: Settings, services: Services | Callable[[], Services] |
     @app.post(f"{API}/transactions/score", response_model=schemas.Score, tags=["scoring"],
               openapi_extra={"requestBody": tx_body}, dependencies=[scope("score")],
               responses={422: {"description": "the transaction breaks its contract"}})  # fmt: skip
-    async def score_one(request: Request) -> schemas.Score:
+    async def score_one(request: Request) -> Response:
         """Score one transaction now: online features + the request, rules, statistics, the champion (and the
         challenger per routing); the same code and combination as the stream."""
         tx = validated(await body(request), ["body"])
-        return score([tx])[0]
+        return json_response(score([tx])[0])
 
     @app.post(f"{API}/transactions/score/batch", response_model=schemas.ScoreBatch, tags=["scoring"],
               openapi_extra={"requestBody": batch_body}, dependencies=[scope("score")])  # fmt: skip
-    async def score_batch(request: Request) -> schemas.ScoreBatch:
+    async def score_batch(request: Request) -> Response:
         """Score up to ``api.max_batch`` transactions (each against the online state as it is: a batch does not
         update it)."""
         t0 = time.perf_counter()
@@ -245,7 +244,7 @@ def create_app(settings: Settings, services: Services | Callable[[], Services] |
                                        "msg": f"a list of 1 to {cfg.max_batch} transactions"}])  # fmt: skip
         txs = [validated(tx, ["body", "transactions", i]) for i, tx in enumerate(items)]
         results = score(txs)
-        return schemas.ScoreBatch(results=results, latency_ms=(time.perf_counter() - t0) * 1000)
+        return json_response(schemas.ScoreBatch(results=results, latency_ms=(time.perf_counter() - t0) * 1000))
 
     @app.get(f"{API}/transactions/{{transaction_id}}/verdict", response_model=schemas.Verdict, tags=["decisions"],
              dependencies=[scope("read")], responses={404: {"description": "no decision recorded"}})  # fmt: skip
@@ -380,6 +379,11 @@ def create_app(settings: Settings, services: Services | Callable[[], Services] |
 
     @app.get("/metrics", include_in_schema=False)
     def prometheus() -> Response:
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        registry = metrics.registry
+        if os.environ.get(METRICS_DIR):  # several workers: the sum of every worker's files
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
+    app.include_router(console_router(settings, svc, score, validated, audit_log))  # the analyst console
     return app

@@ -8,6 +8,7 @@ were at a version or a time (Delta time travel, not a copy), a table's history f
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from lakehouse.config import Settings
 from lakehouse.maintenance import TimeTravelError, open_as_of
 from lakehouse.streaming import checkpoint_dir
 from lakehouse.tables import get
-from silver.tables import TRANSACTIONS
+from silver.tables import LABELS_TABLE, TRANSACTIONS
 
 # the bronze queries and the topics they consume (the stream's entry point: its lag is the pipeline's)
 CONSUMERS = {"bronze.transactions": "transactions", "bronze.labels": "labels", "bronze.market_ticks": "market_ticks"}
@@ -41,6 +42,21 @@ def _read(settings: Settings, uri: str, column: str, value: object) -> list[dict
         return _matching(delta.open_table(settings, uri), column, value)
     except TableNotFoundError:
         return []
+
+
+def _read_in(
+    settings: Settings, uri: str, column: str, values: Collection[object], columns: list[str] | None = None
+) -> list[dict]:
+    """The rows (only ``columns``, if given) of the table at ``uri`` whose ``column`` is one of ``values``."""
+    if not values:
+        return []
+    try:
+        dataset = delta.open_table(settings, uri).to_pyarrow_dataset()
+    except TableNotFoundError:
+        return []
+    typ = dataset.schema.field(column).type
+    wanted = pc.field(column).cast(typ).isin(pa.array(list(values), typ))
+    return dataset.to_table(columns=columns, filter=wanted).to_pylist()
 
 
 def _committed_at(settings: Settings, uri: str, version: int) -> datetime | None:
@@ -63,6 +79,31 @@ class LakeReader:
         rows = _read(self.settings, self.decisions, "card_id", card_id)
         rows.sort(key=lambda r: (r["event_time"], r["transaction_id"]), reverse=True)
         return rows[:limit]
+
+    def review_queue(
+        self, limit: int, offset: int = 0, exclude: Collection[str] = (), history: int = 5
+    ) -> tuple[list[dict], int]:
+        """The analyst's queue: decisions ``review`` whose transaction has no label in silver.labels (nor is in
+        ``exclude``), oldest first; rows ``offset`` to ``offset + limit`` and how many are pending in all. Each
+        row carries ``history``: its card's latest ``history`` decisions, newest first."""
+        rows = _read(self.settings, self.decisions, "decision", "review")
+        done = self.labelled([r["transaction_id"] for r in rows]) | set(exclude)
+        pending = sorted(
+            (r for r in rows if r["transaction_id"] not in done), key=lambda r: (r["event_time"], r["transaction_id"])
+        )
+        page = pending[offset : offset + limit]
+        by_card: dict[str, list[dict]] = {}
+        for r in _read_in(self.settings, self.decisions, "card_id", {r["card_id"] for r in page}):
+            by_card.setdefault(r["card_id"], []).append(r)
+        for cards in by_card.values():
+            cards.sort(key=lambda r: (r["event_time"], r["transaction_id"]), reverse=True)
+        return [{**r, "history": by_card.get(r["card_id"], [])[:history]} for r in page], len(pending)
+
+    def labelled(self, transaction_ids: Collection[str]) -> set[str]:
+        """Those of ``transaction_ids`` that have a label in silver.labels (any source)."""
+        found = _read_in(self.settings, LABELS_TABLE.uri(self.settings), "transaction_id", set(transaction_ids),
+                         ["transaction_id"])  # fmt: skip
+        return {r["transaction_id"] for r in found}
 
     def fraud_summary(self, day: date) -> dict | None:
         rows = _read(self.settings, FRAUD_SUMMARY_DAILY.uri(self.settings), "event_date", day)

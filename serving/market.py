@@ -16,11 +16,11 @@ import pyarrow as pa
 import redis
 
 from gold.tables import MARKET_ANOMALIES_TABLE
-from lakehouse import delta, eventlog
+from lakehouse import delta, eventlog, metrics
 from lakehouse.config import Settings
 from lakehouse.tables import TS, conform, ensure
 from serving.scorer import current
-from serving.stream import ALERT_TTL_S, model_failure
+from serving.stream import model_failure, send_once
 from training import market
 from training.dataset import matrix
 from training.registry import CHAMPION, LoadedModel, ModelLoader
@@ -74,12 +74,14 @@ class MarketAnomalyStage:
 
     def __call__(self, app_id: str, batch_id: int, ticks: list[dict], vectors: list[dict]) -> str:
         model = current(self.loader)
+        metrics.set_models({"market": model})
         if model is None or not ticks:
             return "no market model" if model is None else "no ticks"
         try:
             rows = anomalies(model, ticks, vectors, self.settings.models.market_reasons)
         except Exception as exc:  # a broken version: no market alerts from this batch, counted
             self.errors += 1
+            metrics.observe_model_errors("market", 1)
             log.error("%s v%s failed to score ticks: %s", model.name, model.version, exc)
             detail = {"errors": 1, "error": f"{model.name} v{model.version} failed to score ticks: {exc}"}
             model_failure(self.log, self.topic, "market", batch_id, detail)
@@ -94,17 +96,14 @@ class MarketAnomalyStage:
         )
         written = delta.write_batch(self.settings, self.uri, out, app_id=f"{app_id}/anomalies", batch_id=batch_id,
                                     partition_by=MARKET_ANOMALIES_TABLE.partition_by)  # fmt: skip
+        if written:
+            metrics.observe_anomalies(rows)
         sent = self.publish(rows)
         return f"{len(rows)} anomalies{'' if written else ' (already committed)'}, {sent} risk alerts"
 
     def publish(self, rows: list[dict]) -> int:
-        """Send each anomaly once: claim ``<prefix>:risk:<symbol>:<tick ms>``, then produce."""
+        """Send each anomaly once (claimed as ``<prefix>:risk:<symbol>:<tick ms>``)."""
         prefix = self.settings.online_store.key_prefix
-        keys = [f"{prefix}:risk:{r['symbol']}:{int(r['event_time'].timestamp() * 1000)}" for r in rows]
-        pipe = self.redis.pipeline(transaction=False)
-        for key in keys:
-            pipe.set(key, 1, nx=True, ex=ALERT_TTL_S)
-        claimed = [r for r, ok in zip(rows, pipe.execute(), strict=True) if ok]
-        if claimed:
-            self.log.produce_batch(self.topic, [(r["symbol"], json.dumps(risk_alert(r)).encode()) for r in claimed])
-        return len(claimed)
+        alerts = [(f"{prefix}:risk:{r['symbol']}:{int(r['event_time'].timestamp() * 1000)}", self.topic, r["symbol"],
+                   risk_alert(r)) for r in rows]  # fmt: skip
+        return len(send_once(self.redis, self.log, alerts))

@@ -16,12 +16,13 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 
 from lakehouse.config import Settings
 from serving import statistical
 from serving.decision import calibrated, decide
 from serving.rules import RuleBook
-from training.dataset import FEATURES, matrix
+from training.dataset import FEATURES, array
 from training.registry import CHALLENGER, CHAMPION, LoadedModel, ModelLoader
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,20 @@ def route(card_id: str, split_percent: float) -> str:
     process and run), else ``champion``."""
     bucket = int.from_bytes(hashlib.blake2b(card_id.encode(), digest_size=8).digest(), "big") % 10_000
     return CHALLENGER if bucket < split_percent * 100 else CHAMPION
+
+
+class Inputs:
+    """The feature vectors as each model's input matrix, built once per feature list."""
+
+    def __init__(self, vectors: list[dict]):
+        self.vectors, self._by_features = vectors, {}
+
+    def of(self, model: LoadedModel) -> np.ndarray:
+        features = model.features
+        key = tuple(features)
+        if key not in self._by_features:
+            self._by_features[key] = array(self.vectors, features)
+        return self._by_features[key]
 
 
 @dataclass
@@ -67,22 +82,23 @@ class Scorer:
         self.models = models if models is not None else Models.from_registry(settings)
         self.model_errors, self.last_error = 0, ""
 
-    def _ml(self, model: LoadedModel | None, x) -> np.ndarray | None:
-        """Probabilities of ``model`` on ``x``; None when it is missing or fails (counted)."""
+    def _ml(self, model: LoadedModel | None, inputs: Inputs) -> np.ndarray | None:
+        """Probabilities of ``model`` on its input; None when it is missing or fails (counted)."""
         if model is None:
             return None
         try:
-            return model.score(x).to_numpy()
+            return model.score_matrix(inputs.of(model))
         except Exception as exc:  # a broken version: decide without it, and count it
             self.model_errors += 1
             self.last_error = f"{model.name} v{model.version} failed to score: {exc}"
             log.error("%s; its tier is skipped", self.last_error)
             return None
 
-    def _explain(self, model: LoadedModel, x, rows: list[int]) -> dict[int, list[str]]:
-        """The top SHAP features of ``rows`` of ``x`` by ``model``; a failing explanation only loses them."""
+    def _explain(self, model: LoadedModel, inputs: Inputs, rows: list[int]) -> dict[int, list[str]]:
+        """The top SHAP features of ``rows`` by ``model``; a failing explanation only loses them."""
         try:
-            return dict(zip(rows, model.reasons(x.iloc[rows], self.cfg.reasons), strict=True))
+            x = pd.DataFrame(inputs.of(model)[rows], columns=model.features)
+            return dict(zip(rows, model.reasons(x, self.cfg.reasons), strict=True))
         except Exception as exc:
             self.model_errors += 1
             self.last_error = f"{model.name} v{model.version} failed to explain its scores: {exc}"
@@ -103,7 +119,7 @@ class Scorer:
             return []
         t0 = time.perf_counter()
         rules = self.rules.current
-        x = matrix(vectors)
+        x = Inputs(vectors)
         champion, challenger = current(self.models.champion), current(self.models.challenger)
         anomaly_model = current(self.models.anomaly)
         if self.cfg.routing == "off" or (challenger and champion and challenger.version == champion.version):

@@ -6,17 +6,17 @@ transaction id claims the alert before it is sent)."""
 from __future__ import annotations
 
 import json
-from collections import Counter
+from collections import Counter, defaultdict
 from datetime import UTC, datetime
 
 import pyarrow as pa
 import redis
 
 from gold.tables import DECISIONS_TABLE
-from lakehouse import delta, eventlog
+from lakehouse import delta, eventlog, metrics
 from lakehouse.config import Settings
 from lakehouse.tables import TS, conform, ensure
-from serving.scorer import Scorer
+from serving.scorer import Scorer, current
 
 ALERT_TTL_S = 14 * 86_400
 
@@ -42,6 +42,11 @@ class DecisionStage:
         if self.scorer.model_errors > errors:
             failure = {"errors": self.scorer.model_errors - errors, "error": self.scorer.last_error}
             model_failure(self.log, self.risk_topic, "decisions", batch_id, failure)
+            metrics.observe_model_errors("decisions", failure["errors"])
+        models = self.scorer.models
+        challenger = models.challenger if self.settings.decision.routing != "off" else None
+        metrics.set_models({"champion": current(models.champion), "challenger": current(challenger),
+                            "anomaly": current(models.anomaly)})  # fmt: skip
         now = datetime.now(UTC)
         table = pa.Table.from_pylist(rows)
         n = table.num_rows
@@ -59,26 +64,41 @@ class DecisionStage:
         )
         written = delta.write_batch(self.settings, self.uri, out, app_id=f"{app_id}/decisions", batch_id=batch_id,
                                     partition_by=DECISIONS_TABLE.partition_by)  # fmt: skip
+        if written:  # a replayed batch was counted when it was first written
+            metrics.observe_decisions(rows, latency)
         sent = self.publish(rows)
         counts = Counter(r["decision"] for r in rows)
         state = "" if written else " (already committed)"
         return f"{n} decisions{state} {dict(counts)}, {sent} alerts"
 
     def publish(self, rows: list[dict]) -> int:
-        """Send each review/block decision once: claim ``<prefix>:alert:<transaction_id>``, then produce."""
-        flagged = [r for r in rows if r["decision"] in self.topics]
-        if not flagged:
-            return 0
+        """Send each review/block decision once (claimed as ``<prefix>:alert:<transaction_id>``)."""
         prefix = self.settings.online_store.key_prefix
-        pipe = self.redis.pipeline(transaction=False)
-        for r in flagged:
-            pipe.set(f"{prefix}:alert:{r['transaction_id']}", r["decision"], nx=True, ex=ALERT_TTL_S)
-        claimed = [r for r, ok in zip(flagged, pipe.execute(), strict=True) if ok]
-        for decision, topic in self.topics.items():
-            records = [(r["card_id"], json.dumps(alert(r)).encode()) for r in claimed if r["decision"] == decision]
-            if records:
-                self.log.produce_batch(topic, records)
-        return len(claimed)
+        alerts = [(f"{prefix}:alert:{r['transaction_id']}", self.topics[r["decision"]], r["card_id"], alert(r))
+                  for r in rows if r["decision"] in self.topics]  # fmt: skip
+        sent = send_once(self.redis, self.log, alerts)
+        metrics.observe_alerts(event["decision"] for *_, event in sent)
+        return len(sent)
+
+
+def send_once(
+    client: redis.Redis, log: eventlog.EventLog, alerts: list[tuple[str, str, str, dict]], ttl_s: int = ALERT_TTL_S
+) -> list[tuple[str, str, str, dict]]:
+    """Produce each alert ``(claim key, topic, record key, event)`` whose claim key this call sets first (``SET
+    NX``, pipelined, kept ``ttl_s``): an alert goes out once however often its batch is replayed. Returns the
+    alerts sent."""
+    if not alerts:
+        return []
+    pipe = client.pipeline(transaction=False)
+    for claim, *_ in alerts:
+        pipe.set(claim, 1, nx=True, ex=ttl_s)
+    sent = [a for a, ok in zip(alerts, pipe.execute(), strict=True) if ok]
+    by_topic: dict[str, list[tuple[str, bytes]]] = defaultdict(list)
+    for _, topic, key, event in sent:
+        by_topic[topic].append((key, json.dumps(event).encode()))
+    for topic, records in by_topic.items():
+        log.produce_batch(topic, records)
+    return sent
 
 
 def alert(row: dict) -> dict:

@@ -28,7 +28,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery
 
-from lakehouse import delta, quality
+from lakehouse import delta, metrics, quality
 from lakehouse.config import Settings
 from lakehouse.delta_source import read_delta_stream
 from lakehouse.streaming import WatermarkState, checkpoint_dir, query_id, start_batches
@@ -179,6 +179,8 @@ class SilverWriter:
         stats = pa.Table.from_pylist([row], schema=STREAM_BATCHES.schema)
         self.append(STREAM_BATCHES, stats, "stats", batch_id)
         self.watermarks.record(batch_id, new_watermark)
+        duplicates = report.duplicates_in_batch + report.duplicates_seen_before
+        metrics.observe_silver(self.query, report.late, duplicates, new_watermark)
         print(
             f"[{self.query}] batch {batch_id}: {report.rows_in} in, {report.inserted} inserted, "
             f"{report.duplicates_in_batch + report.duplicates_seen_before} duplicates, {report.late} late, "

@@ -729,10 +729,10 @@ def test_rate_limit_is_429_with_retry_after(make_client, auth):
 
 
 def test_rate_limit_refills(make_client, auth):
-    client = make_client(rate_limit_per_s=50, rate_limit_burst=1)
+    client = make_client(rate_limit_per_s=4, rate_limit_burst=1)  # a token every 250 ms: no refill between calls
     assert client.get("/v1/models", headers=auth["reader"]).status_code == 200
     assert client.get("/v1/models", headers=auth["reader"]).status_code == 429
-    time.sleep(0.05)
+    time.sleep(0.3)
     assert client.get("/v1/models", headers=auth["reader"]).status_code == 200
 
 

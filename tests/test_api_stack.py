@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ from datetime import datetime, timedelta
 
 import httpx
 import pytest
-from support import run
+from support import free_port, run
 
 from lakehouse import delta, eventlog
 
@@ -29,18 +28,14 @@ ADMIN = {"Authorization": "Bearer test-admin-token-0123456789"}
 READER = {"Authorization": "Bearer test-reader-token-0123456789"}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def api(decided):
     settings, env, summary, start = decided
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "serving", "--port", str(port)], env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    # two uvicorn workers, as the bench runs it: every request below may meet either one
+    command = [sys.executable, "-m", "serving", "--port", str(port), "--workers", "2"]
+    proc = subprocess.Popen(command, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while True:
@@ -177,5 +172,16 @@ def test_summary_models_readiness_and_metrics(scored_then_streamed, api):
     assert ready.status_code == 200, ready.text
     assert all(ready.json()["checks"].values())
     assert ready.json()["consumer_lag"]["bronze.transactions"] == 0
+    before = decisions_counted(client.get("/metrics").text)
+    _, event, _, _ = scored_then_streamed
+    for _ in range(12):  # a connection each: the kernel spreads them over the workers
+        url = str(client.base_url).rstrip("/") + "/v1/transactions/score"
+        assert httpx.post(url, json=event, headers=ADMIN).status_code == 200
     text = client.get("/metrics").text
+    assert decisions_counted(text) == before + 12  # every worker's counts, added up
     assert 'fraud_api_request_duration_seconds_count{method="POST",route="/v1/transactions/score",status="200"}' in text
+
+
+def decisions_counted(metrics: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+               if line.startswith("fraud_api_decisions_total{"))  # fmt: skip

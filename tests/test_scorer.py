@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -45,6 +46,12 @@ class FakeModel:
         self.thresholds = dict(THRESHOLDS if thresholds is None else thresholds)
         self.inputs: list[pd.DataFrame] = []
         self.ks: list[int] = []
+
+    features = FEATURES
+
+    def score_matrix(self, x: np.ndarray) -> np.ndarray:
+        """As ``LoadedModel.score_matrix``: the model input (``features`` columns, in order) scored by ``score``."""
+        return self.score(pd.DataFrame(x, columns=self.features)).to_numpy()
 
     def score(self, x: pd.DataFrame) -> pd.Series:
         self.inputs.append(x)

@@ -45,6 +45,15 @@ def matrix(rows: pd.DataFrame | list[dict], features: list[str] = FEATURES) -> p
     return frame[features].astype("float64", copy=True).fillna(np.nan)
 
 
+def array(rows: list[dict], features: list[str] = FEATURES) -> np.ndarray:
+    """``matrix(rows, features).to_numpy()`` without pandas, for a request's few rows (tens of times faster)."""
+    try:
+        return np.array([[row[f] for f in features] for row in rows], dtype="float64").reshape(len(rows), len(features))
+    except KeyError:
+        missing = sorted({f for row in rows for f in features if f not in row}, key=features.index)
+        raise KeyError(f"feature columns missing from the model input: {missing}") from None
+
+
 def load(settings: Settings, table: str, start: date, end: date) -> Dataset:
     """The rows of ``features.<table>`` with event dates ``start``..``end``, sorted by event time."""
     spec = training_set_spec(table)

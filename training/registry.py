@@ -18,13 +18,14 @@ from pathlib import Path
 
 import mlflow
 import mlflow.pyfunc
+import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 
 from lakehouse.config import Settings
-from training.dataset import matrix
+from training.dataset import array, matrix
 from training.models import Fitted, top_reasons
 from training.pyfunc import model_args
 
@@ -106,12 +107,21 @@ class LoadedModel:
     metadata: dict
     loaded_at: float
 
+    @property
+    def features(self) -> list[str]:
+        """The model input's columns, in order."""
+        return self.model.unwrap_python_model().features
+
     def score(self, rows: pd.DataFrame | list[dict]) -> pd.Series:
-        """Scores of feature rows (raw values: booleans, None) — converted with ``matrix`` as in training. The
-        pyfunc's own ``predict`` is called directly: ``matrix`` already gives the signature's columns and types,
-        and MLflow's schema check would add ~2 ms to every single-row request."""
-        model = self.model.unwrap_python_model()
-        return model.predict(None, matrix(rows, model.features))["score"]
+        """Scores of feature rows (raw values: booleans, None) — converted as ``matrix`` does in training."""
+        x = matrix(rows, self.features).to_numpy() if isinstance(rows, pd.DataFrame) else array(rows, self.features)
+        return pd.Series(self.score_matrix(x), name="score")
+
+    def score_matrix(self, x: np.ndarray) -> np.ndarray:
+        """Scores of the model input ``x`` (``array(rows, self.features)``). The pyfunc's own scoring is called
+        directly: MLflow's schema check and the frames around ``predict`` would cost more than the model on a
+        single-row request."""
+        return self.model.unwrap_python_model().score_matrix(x)
 
     def reasons(self, x: pd.DataFrame, k: int = 3) -> list[list[str]]:
         """Per row of the model input ``x`` (``matrix``), the features that raised its score most (SHAP)."""

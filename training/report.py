@@ -24,7 +24,7 @@ def progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _save(fig, path: Path) -> Path:
+def save(fig, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -41,7 +41,7 @@ def roc_plot(scored: dict[str, pd.DataFrame], path: Path) -> Path:
         xlabel="false-positive rate", ylabel="true-positive rate (recall)", title="ROC", xscale="log", xlim=(1e-4, 1)
     )
     ax.legend(loc="lower right")
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def pr_plot(scored: dict[str, pd.DataFrame], path: Path) -> Path:
@@ -53,7 +53,7 @@ def pr_plot(scored: dict[str, pd.DataFrame], path: Path) -> Path:
     ax.axhline(base, ls=":", color="grey", label=f"fraud share {base:.3%}")
     ax.set(xlabel="recall", ylabel="precision", title="Precision-recall", ylim=(0, 1.02))
     ax.legend(loc="lower left")
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def distribution_plot(
@@ -72,7 +72,7 @@ def distribution_plot(
         ax.text(t, ax.get_ylim()[1] * 0.9, f" {name}", fontsize=8)
     ax.set(xlabel="score", ylabel="density (log)", yscale="log", title=title)
     ax.legend()
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def importance_plot(fitted: Fitted, path: Path, top: int = 20) -> Path:
@@ -80,7 +80,7 @@ def importance_plot(fitted: Fitted, path: Path, top: int = 20) -> Path:
     fig, ax = plt.subplots(figsize=(6, 0.3 * len(gain) + 1))
     ax.barh(gain.index, gain.values)
     ax.set(xlabel="total gain", title="XGBoost feature importance")
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def shap_plot(fitted: Fitted, x: pd.DataFrame, path: Path, sample: int = 2000, seed: int = 0) -> Path:
@@ -92,7 +92,7 @@ def shap_plot(fitted: Fitted, x: pd.DataFrame, path: Path, sample: int = 2000, s
     contribs = fitted.estimator.get_booster().predict(xgb.DMatrix(rows), pred_contribs=True)[:, :-1]
     plt.figure()
     shap.summary_plot(contribs, rows, show=False, max_display=20)
-    return _save(plt.gcf(), path)
+    return save(plt.gcf(), path)
 
 
 def _table(header: list[str], rows: list[list]) -> str:
