@@ -29,34 +29,26 @@ from silver.tables import LABELS_TABLE, TRANSACTIONS
 CONSUMERS = {"bronze.transactions": "transactions", "bronze.labels": "labels", "bronze.market_ticks": "market_ticks"}
 
 
-def _matching(dt: DeltaTable, column: str, value: object) -> list[dict]:
-    """The rows of ``dt`` whose ``column`` equals ``value``. The column is cast to its table type in the filter:
-    some data files hold it as ``string_view``, which no comparison with a plain string accepts."""
-    dataset = dt.to_pyarrow_dataset()
-    typ = dataset.schema.field(column).type
-    return dataset.to_table(filter=pc.field(column).cast(typ) == pa.scalar(value, typ)).to_pylist()
-
-
-def _read(settings: Settings, uri: str, column: str, value: object) -> list[dict]:
-    try:
-        return _matching(delta.open_table(settings, uri), column, value)
-    except TableNotFoundError:
-        return []
-
-
-def _read_in(
-    settings: Settings, uri: str, column: str, values: Collection[object], columns: list[str] | None = None
-) -> list[dict]:
-    """The rows (only ``columns``, if given) of the table at ``uri`` whose ``column`` is one of ``values``."""
+def _matching(dt: DeltaTable, column: str, values: Collection[object], columns: list[str] | None = None) -> list[dict]:
+    """The rows (only ``columns``, if given) of ``dt`` whose ``column`` is one of ``values``. The column is cast to
+    its table type in the filter: some data files hold it as ``string_view``, which no comparison with a plain
+    string accepts."""
     if not values:
         return []
-    try:
-        dataset = delta.open_table(settings, uri).to_pyarrow_dataset()
-    except TableNotFoundError:
-        return []
+    dataset = dt.to_pyarrow_dataset()
     typ = dataset.schema.field(column).type
     wanted = pc.field(column).cast(typ).isin(pa.array(list(values), typ))
     return dataset.to_table(columns=columns, filter=wanted).to_pylist()
+
+
+def _read(
+    settings: Settings, uri: str, column: str, values: Collection[object], columns: list[str] | None = None
+) -> list[dict]:
+    """``_matching`` on the table at ``uri``; no rows if it does not exist."""
+    try:
+        return _matching(delta.open_table(settings, uri), column, values, columns)
+    except TableNotFoundError:
+        return []
 
 
 def _committed_at(settings: Settings, uri: str, version: int) -> datetime | None:
@@ -72,11 +64,11 @@ class LakeReader:
         self.decisions = DECISIONS_TABLE.uri(settings)
 
     def verdict(self, transaction_id: str) -> dict | None:
-        rows = _read(self.settings, self.decisions, "transaction_id", transaction_id)
+        rows = _read(self.settings, self.decisions, "transaction_id", [transaction_id])
         return rows[0] if rows else None
 
     def card_history(self, card_id: str, limit: int) -> list[dict]:
-        rows = _read(self.settings, self.decisions, "card_id", card_id)
+        rows = _read(self.settings, self.decisions, "card_id", [card_id])
         rows.sort(key=lambda r: (r["event_time"], r["transaction_id"]), reverse=True)
         return rows[:limit]
 
@@ -86,14 +78,14 @@ class LakeReader:
         """The analyst's queue: decisions ``review`` whose transaction has no label in silver.labels (nor is in
         ``exclude``), oldest first; rows ``offset`` to ``offset + limit`` and how many are pending in all. Each
         row carries ``history``: its card's latest ``history`` decisions, newest first."""
-        rows = _read(self.settings, self.decisions, "decision", "review")
+        rows = _read(self.settings, self.decisions, "decision", ["review"])
         done = self.labelled([r["transaction_id"] for r in rows]) | set(exclude)
         pending = sorted(
             (r for r in rows if r["transaction_id"] not in done), key=lambda r: (r["event_time"], r["transaction_id"])
         )
         page = pending[offset : offset + limit]
         by_card: dict[str, list[dict]] = {}
-        for r in _read_in(self.settings, self.decisions, "card_id", {r["card_id"] for r in page}):
+        for r in _read(self.settings, self.decisions, "card_id", {r["card_id"] for r in page}):
             by_card.setdefault(r["card_id"], []).append(r)
         for cards in by_card.values():
             cards.sort(key=lambda r: (r["event_time"], r["transaction_id"]), reverse=True)
@@ -101,12 +93,12 @@ class LakeReader:
 
     def labelled(self, transaction_ids: Collection[str]) -> set[str]:
         """Those of ``transaction_ids`` that have a label in silver.labels (any source)."""
-        found = _read_in(self.settings, LABELS_TABLE.uri(self.settings), "transaction_id", set(transaction_ids),
+        found = _read(self.settings, LABELS_TABLE.uri(self.settings), "transaction_id", set(transaction_ids),
                          ["transaction_id"])  # fmt: skip
         return {r["transaction_id"] for r in found}
 
     def fraud_summary(self, day: date) -> dict | None:
-        rows = _read(self.settings, FRAUD_SUMMARY_DAILY.uri(self.settings), "event_date", day)
+        rows = _read(self.settings, FRAUD_SUMMARY_DAILY.uri(self.settings), "event_date", [day])
         return rows[0] if rows else None
 
     def audit(self, transaction_id: str, version: int | None, as_of: datetime | None) -> dict:
@@ -118,12 +110,12 @@ class LakeReader:
         except TableNotFoundError as exc:  # before the pipeline's first batch
             raise TimeTravelError(f"{silver}: no such table yet") from exc
         at = _committed_at(self.settings, silver, dt.version()) if as_of is None else as_of
-        row = _matching(dt, "transaction_id", transaction_id)
+        row = _matching(dt, "transaction_id", [transaction_id])
         decision, decisions_version = None, None
         try:
             dd = open_as_of(self.settings, self.decisions, timestamp=at)
             decisions_version = dd.version()
-            found = _matching(dd, "transaction_id", transaction_id)
+            found = _matching(dd, "transaction_id", [transaction_id])
             decision = found[0] if found else None
         except (TimeTravelError, TableNotFoundError):
             pass  # no decision table yet at that time

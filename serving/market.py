@@ -31,8 +31,8 @@ log = logging.getLogger(__name__)
 def anomalies(model: LoadedModel, ticks: list[dict], vectors: list[dict], k: int) -> list[dict]:
     """The rows of ``gold.market_anomalies`` for the ticks (symbol, event_time, price) whose vector scores at or
     above the model's alert threshold."""
-    x = matrix(vectors, model.model.unwrap_python_model().features)
-    score = model.score(x).to_numpy()
+    x = matrix(vectors, model.features)  # the frame the reasons read, and its array the model scores
+    score = model.score_matrix(x.to_numpy())
     threshold = model.thresholds["alert"]
     hit = np.flatnonzero(score >= threshold)
     why = market.reasons(x.iloc[hit], model.metadata.get("profile", {}), k) if len(hit) else []
