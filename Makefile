@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 export PYSPARK_PYTHON := $(abspath $(PY))
 export PYSPARK_DRIVER_PYTHON := $(abspath $(PY))
 
-.PHONY: install up down status stream serve traffic test test-unit lint format clean-state bench optimize backfill reference training-set train evaluate promote models prometheus report notebooks
+.PHONY: install up down status stream serve traffic test test-unit lint format clean-state bench optimize backfill reference training-set train evaluate promote models prometheus report notebooks e2e
 
 install: $(VENV)/.installed  ## create the venv and install the project, its dev extras and redis-server
 
@@ -88,6 +88,9 @@ reference: up  ## load conf/reference/*.csv into the silver reference tables (up
 
 clean-state: down  ## delete all local data (tables, checkpoints, event log, MLflow artifacts)
 	rm -rf .state
+
+e2e: up  ## the end-to-end acceptance run: traffic, crashes, outage, training, scoring, invariants (E2E_ARGS=--help)
+	$(PY) -m lakehouse.e2e $(E2E_ARGS)
 
 bench: up  ## throughput, latency and memory figures, printed and written to bench/results/
 	@command -v wrk >/dev/null || { echo "installing wrk (apt)"; apt-get install -y -q wrk >/dev/null; }

@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,7 +22,9 @@ from pathlib import Path
 
 import httpx
 
+from bench.memory import rss_mb
 from lakehouse.config import Settings
+from lakehouse.stack.process import free_port
 
 SCRIPT = """
 local bodies = {}
@@ -52,12 +52,6 @@ end
 """
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _wrk(url: str, script: Path, connections: int, seconds: float) -> None:
     subprocess.run(["wrk", "-t", "1", "-c", str(connections), "-d", f"{seconds:.0f}s", "--timeout", "5s",
                     "-s", str(script), url], check=True, capture_output=True, text=True)  # fmt: skip
@@ -82,7 +76,7 @@ def _run(settings: Settings, env: dict[str, str], requests: list[dict], rate: fl
     tmp = Path(tempfile.mkdtemp(prefix="bench-api-"))
     bodies = tmp / "bodies.jsonl"
     bodies.write_text("".join(json.dumps(r, separators=(",", ":")) + "\n" for r in requests))
-    port = _port()
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "serving", "--port", str(port), "--workers", str(workers)],
                             env={**os.environ, **env},
                             start_new_session=True, stdout=subprocess.DEVNULL, stderr=open(tmp / "api.log", "w"))  # noqa: SIM115 - closed with the process  # fmt: skip
@@ -112,7 +106,7 @@ def _run(settings: Settings, env: dict[str, str], requests: list[dict], rate: fl
                   flush=True)  # fmt: skip
         out["seconds"], out["distinct_requests"] = seconds, len(requests)
         out["workers"] = workers
-        out["api_rss_mb"] = _rss_mb(proc.pid) + sum(_rss_mb(int(c)) for c in _children(proc.pid))
+        out["api_rss_mb"] = rss_mb(proc.pid)
         return out
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -146,13 +140,3 @@ def steal_percent(before: list[int], after: list[int]) -> float:
     high understate this machine."""
     spent = [b - a for a, b in zip(before, after, strict=True)]
     return round(100 * spent[7] / max(1, sum(spent[:8])), 1)
-
-
-def _children(pid: int) -> list[str]:
-    path = Path(f"/proc/{pid}/task/{pid}/children")
-    return path.read_text().split() if path.exists() else []
-
-
-def _rss_mb(pid: int) -> int:
-    text = Path(f"/proc/{pid}/status").read_text()
-    return round(int(re.search(r"VmRSS:\s+(\d+)", text).group(1)) / 1024)

@@ -23,6 +23,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from bench.memory import PeakRss
 from bench.run import report
 from lakehouse import delta, eventlog
 from lakehouse.config import Settings, isolated
@@ -94,7 +95,9 @@ def run(
         stdout=subprocess.DEVNULL,
         stderr=open(root / "pipeline.log", "w"),  # noqa: SIM115 - closed with the process
     )
+    peak = PeakRss(proc.pid, interval_s=2.0)  # the driver, Spark's JVM and its Python workers
     try:
+        peak.start()
         _wait_for(bs, txns, 1800, proc)
         first_bronze = _commit_times(bs, "bronze", "transactions")[0][1]
         silver_commits = _commit_times(bs, "silver", "transactions")
@@ -115,6 +118,7 @@ def run(
         _wait_for(bs, total, 600, proc, ("gold", "decisions"))
         latency["decisions"] = _decision_latency(bs, decided[-1][0])
     finally:
+        peak.stop()
         os.killpg(proc.pid, signal.SIGINT)
         try:
             proc.wait(timeout=120)
@@ -125,7 +129,8 @@ def run(
         log.close()
         shutil.copy(root / "pipeline.log", settings.state_path / "bench-pipeline.log")
         shutil.rmtree(root, ignore_errors=True)
-    return rows, latency
+    print(f"  pipeline process tree peak resident memory: {peak.mb} MB")
+    return rows, {**latency, "pipeline_peak_rss_mb": peak.mb}
 
 
 def _latency(settings: Settings, after_version: int, rate: float, seconds: float, n: int) -> dict:

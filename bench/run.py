@@ -21,8 +21,8 @@ import subprocess
 import sys
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 
+from bench.memory import rss_mb
 from lakehouse import PROJECT_ROOT, delta, eventlog
 from lakehouse.config import get_settings
 from lakehouse.contracts import Limits, decode, encode
@@ -49,26 +49,8 @@ def machine() -> dict:
 def service_rss_mb(settings) -> dict[str, int]:
     """Resident memory of each stack service this stack started (with its child processes)."""
     manager = ProcessManager(settings.state_path)
-    out = {}
-    for svc in stack_services(settings):
-        pid = manager.pid(svc.name)
-        if pid:
-            pids = [
-                pid,
-                *map(int, subprocess.run(["pgrep", "-g", str(pid)], capture_output=True, text=True).stdout.split()),
-            ]
-            out[svc.name.replace("-", "_")] = round(sum(_rss_kb(p) for p in set(pids)) / 1024)
-    return out
-
-
-def _rss_kb(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
+    pids = {svc.name.replace("-", "_"): manager.pid(svc.name) for svc in stack_services(settings)}
+    return {name: rss_mb(pid) for name, pid in pids.items() if pid}
 
 
 def timed(label: str, n: int, fn) -> dict:
@@ -179,7 +161,11 @@ def main(argv: list[str] | None = None) -> int:
     mc = registry.client(settings)
     for name in (registered["supervised_name"], registered["unsupervised_name"]):
         mc.delete_registered_model(name)
-    memory = {"bench_process_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+    memory = {
+        "bench_process_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        "pipeline_peak_rss_mb": latency.pop("pipeline_peak_rss_mb"),
+        "api_rss_mb": api_scoring.get("api_rss_mb"),
+    }
     memory |= {f"{name}_rss_mb": rss for name, rss in service_rss_mb(settings).items()}
     log.delete_topic(topic)
     print(f"  memory: {memory}")

@@ -244,6 +244,9 @@ class TrafficSettings(BaseModel):
     label_delay_days: float = 3.0
     market_symbols: list[str] = ["ACME", "GLOBX", "INITECH", "UMBRL", "WAYNE"]
     market_rate: float = 5.0
+    # a producer holds its batch through an event-log outage and retries with backoff; after this many seconds of
+    # outage it gives up with an error naming the undelivered events (null: wait for the log however long it takes)
+    outage_give_up_s: float | None = Field(default=None, gt=0)
 
 
 class ContractSettings(BaseModel):

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import math
-import socket
 import subprocess
 import sys
 from datetime import UTC, datetime
+
+from lakehouse.stack.process import free_port  # noqa: F401 - re-exported for the tests
 
 # the shared feature lake (conftest ``feature_lake``): two days of generated traffic from this instant
 FEATURE_LAKE_START = datetime(2026, 3, 2, tzinfo=UTC)
@@ -37,10 +38,3 @@ def same(a: object, b: object) -> bool:
     if isinstance(a, bool) or isinstance(b, bool):
         return a is b
     return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-9)
-
-
-def free_port() -> int:
-    """A TCP port free on loopback now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]

@@ -5,7 +5,9 @@ import subprocess
 import sys
 from datetime import UTC, date, datetime
 
+import pytest
 from chispa import assert_df_equality
+from pyspark.sql import functions as F
 
 from bronze import job as bronze_job
 from bronze.transforms import accepted, dead_letters, validate_records
@@ -116,3 +118,96 @@ def test_generated_traffic_and_bad_records_land_exactly_once(stack, spark):
         assert len(rows) == len(keys) == sum(ends.values()) > 0, table  # every record once: bronze or dead letter
         assert keys == {(p, o) for p, end in ends.items() for o in range(end)}
     log.close()
+
+
+TX = {
+    "transaction_id": "tx-1",
+    "event_time": TICK["event_time"],
+    "card_id": "card-0001",
+    "customer_id": "cust-1",
+    "merchant_id": "m-1",
+    "merchant_category_code": "5411",
+    "amount": 12.5,
+    "currency": "EUR",
+    "channel": "POS",
+    "card_present": True,
+    "country": "FR",
+    "transaction_type": "PURCHASE",
+}
+GOOD_TX = json.dumps(TX).encode()
+# a producer on a newer contract version: an unknown field (structured, even) is kept and the known ones checked
+NEWER_TX = json.dumps({**TX, "transaction_id": "tx-2", "loyalty": {"tier": "gold", "points": [1, 2]}}).encode()
+MAX_BYTES = 65536  # eventlog.max_event_bytes of the settings (checked in the test)
+
+
+def tx_without(field: str) -> bytes:
+    return json.dumps({k: v for k, v in TX.items() if k != field}).encode()
+
+
+# what is not already covered above (malformed JSON, a string price, an hour ahead, NaN, empty payload)
+BAD_TRANSACTIONS = {
+    "truncated JSON": (GOOD_TX[: len(GOOD_TX) // 2], "malformed_json", "Unterminated string"),
+    "oversized": (
+        json.dumps({**TX, "note": "x" * MAX_BYTES}).encode(),
+        "oversized",
+        f"exceeds the limit of {MAX_BYTES}",
+    ),
+    "amount as a string": (json.dumps({**TX, "amount": "12.50"}).encode(), "schema_type", "field 'amount'"),
+    "event_time as a string": (
+        json.dumps({**TX, "event_time": "2026-01-02T03:04:04Z"}).encode(),
+        "schema_type",
+        "field 'event_time'",
+    ),
+    "missing card_id": (tx_without("card_id"), "schema_required", "field 'card_id'"),
+    "Infinity amount": (GOOD_TX.replace(b"12.5", b"Infinity"), "non_finite_number", "Infinity"),
+    "-Infinity amount": (GOOD_TX.replace(b"12.5", b"-Infinity"), "non_finite_number", "-Infinity"),
+    "amount overflowing to inf": (GOOD_TX.replace(b"12.5", b"1e400"), "non_finite_number", "field 'amount'"),
+    "event_time far in the future": (
+        json.dumps({**TX, "event_time": 2**62}).encode(),  # beyond what a timestamp column holds
+        "time_in_future",
+        "ms ahead of now",
+    ),
+    "event_time before the minimum": (
+        json.dumps({**TX, "event_time": 946_684_799_999}).encode(),  # 1999-12-31T23:59:59.999Z
+        "time_too_old",
+        "is before 946684800000",
+    ),
+    "a JSON array": (json.dumps([TX]).encode(), "not_an_object", "got list"),
+    "a JSON number": (b"42", "not_an_object", "got int"),
+    "non-UTF-8 bytes": (GOOD_TX.replace(b"m-1", b"m-\xe9"), "malformed_json", "not UTF-8"),
+    "UTF-16 JSON": (json.dumps(TX).encode("utf-16"), "malformed_json", "not UTF-8"),
+    "nested too deeply": (b'{"a":' * 10000, "malformed_json", "nested too deeply"),
+    "an integer of 5000 digits": (GOOD_TX.replace(b"12.5", b"9" * 5000), "malformed_json", "4300 digits"),
+}
+
+
+@pytest.fixture(scope="module")
+def bad_and_good(spark, settings) -> tuple[dict[int, dict], dict[int, dict]]:
+    """One batch through bronze's transform: the two good transactions (offsets 0, 1), then every bad one (from 2);
+    its dead letters and accepted rows by source offset."""
+    assert settings.eventlog.max_event_bytes == MAX_BYTES
+    payloads = [GOOD_TX, NEWER_TX, *(p for p, _, _ in BAD_TRANSACTIONS.values())]
+    rows = [(b"card-0001", p, "transactions", 0, i, LOG_TIME, 0) for i, p in enumerate(payloads)]
+    validated = validate_records(spark.createDataFrame(rows, SOURCE), "transaction", Limits.from_settings(settings))
+    dead = dead_letters(validated).select("source_offset", "payload", "reason", "detail")
+    good = accepted(validated).select("source_offset", "payload", F.unix_millis("event_time").alias("event_ms"))
+    by_offset = [{r["source_offset"]: r.asDict() for r in df.collect()} for df in (dead, good)]
+    return by_offset[0], by_offset[1]
+
+
+@pytest.mark.parametrize("case", BAD_TRANSACTIONS, ids=str)
+def test_a_bad_transaction_is_dead_lettered_with_its_reason(bad_and_good, case):
+    payload, reason, detail = BAD_TRANSACTIONS[case]
+    dead, _ = bad_and_good
+    offset = 2 + list(BAD_TRANSACTIONS).index(case)
+    assert (bytes(dead[offset]["payload"]), dead[offset]["reason"]) == (payload, reason)
+    assert detail in dead[offset]["detail"], dead[offset]["detail"]
+
+
+def test_the_good_transactions_beside_the_bad_ones_pass_an_unknown_field_kept(bad_and_good):
+    dead, good = bad_and_good
+    assert sorted(dead) == list(range(2, 2 + len(BAD_TRANSACTIONS)))  # every bad one, nothing else
+    assert good == {
+        0: {"source_offset": 0, "payload": GOOD_TX.decode(), "event_ms": TX["event_time"]},
+        1: {"source_offset": 1, "payload": NEWER_TX.decode(), "event_ms": TX["event_time"]},
+    }

@@ -531,3 +531,11 @@ def test_shap_values_add_up_to_the_margin(xgb_final, data):
     contribs = xgb_final.estimator.get_booster().predict(xgb.DMatrix(x), pred_contribs=True)
     margin = xgb_final.estimator.get_booster().predict(xgb.DMatrix(x), output_margin=True)
     np.testing.assert_allclose(contribs.sum(axis=1), margin, rtol=1e-4, atol=1e-4)
+
+
+def test_distribution_plot_of_one_class_or_one_value(tmp_path):
+    """A test period without any positive (no injected market tick) or with one score still gets its plot."""
+    normal = pd.DataFrame({"score": np.linspace(0.1, 0.9, 50), "label": 0})
+    one = pd.DataFrame({"score": [0.3] * 5, "label": 0})
+    assert _png(report.distribution_plot(normal, {"alert": 0.8}, "ticks", tmp_path / "a.png"))
+    assert _png(report.distribution_plot(one, {"alert": 0.8}, "ticks", tmp_path / "b.png"))

@@ -65,13 +65,19 @@ def distribution_plot(
 ) -> Path:
     fig, ax = plt.subplots(figsize=(6, 4))
     bins = np.linspace(frame["score"].min(), frame["score"].max(), 60)
+    drawn = False  # a class without rows (no injected ticks in a short test period) is left out of the plot
     for label, name in enumerate(names):
-        ax.hist(frame.loc[frame["label"] == label, "score"], bins=bins, alpha=0.6, density=True, label=name)
+        scores = frame.loc[frame["label"] == label, "score"]
+        if len(scores) and bins[-1] > bins[0]:
+            ax.hist(scores, bins=bins, alpha=0.6, density=True, label=name)
+            drawn = True
+    ax.set(xlabel="score", ylabel="density (log)" if drawn else "density", yscale="log" if drawn else "linear",
+           title=title)  # fmt: skip
     for name, t in thresholds.items():
         ax.axvline(t, ls="--", color="black", lw=0.8)
-        ax.text(t, ax.get_ylim()[1] * 0.9, f" {name}", fontsize=8)
-    ax.set(xlabel="score", ylabel="density (log)", yscale="log", title=title)
-    ax.legend()
+        ax.text(t, 0.92, f" {name}", fontsize=8, transform=ax.get_xaxis_transform())  # y in axes fraction
+    if drawn:
+        ax.legend()
     return save(fig, path)
 
 

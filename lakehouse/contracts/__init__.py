@@ -129,10 +129,16 @@ def decode(
     if len(raw) > limits.max_bytes:
         raise ContractError("oversized", f"{len(raw)} bytes exceeds the limit of {limits.max_bytes}")
     try:
-        event = json.loads(raw, parse_constant=_reject_constant)
+        # JSON on the wire is UTF-8 (RFC 8259): json.loads would also take UTF-16/32 bytes, which Spark cannot read
+        text = raw.decode("utf-8") if isinstance(raw, bytes | bytearray) else raw
+        event = json.loads(text, parse_constant=_reject_constant)
     except ContractError:
         raise
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except UnicodeDecodeError as exc:
+        raise ContractError("malformed_json", f"not UTF-8: {exc}") from None
+    except RecursionError:
+        raise ContractError("malformed_json", "nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, and integers beyond Python's digit limit
         raise ContractError("malformed_json", str(exc)) from None
     return check(kind, event, limits, now_ms, allow_unknown=allow_unknown)
 

@@ -13,7 +13,7 @@ import itertools
 import math
 import random
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from lakehouse.traffic.population import (
@@ -68,7 +68,7 @@ class GeneratorConfig:
     compromise_days: float = 3.0  # how long a terminal/merchant stays compromised
 
 
-def _cycle(t_ms: int) -> float:
+def cycle(t_ms: int) -> float:
     """Relative activity at ``t_ms``: a daily cycle (quiet at night) and quieter weekends."""
     hour = (t_ms % DAY_MS) / HOUR_MS
     daily = 0.25 + 1.5 * math.exp(-((hour - 13.5) ** 2) / (2 * 4.5**2))
@@ -102,8 +102,17 @@ class TrafficGenerator:
         self._episode_p = list(itertools.accumulate(config.fraud_rate * _SHARE[s] / sizes[s] for s in SCENARIOS))
 
     # -- public -----------------------------------------------------------------------------------
-    def events(self, until_ms: int | None = None) -> Iterator[tuple[str, dict]]:
-        """``(kind, event)`` pairs in time order (kind: ``transaction`` or ``label``), up to ``until_ms``."""
+    def events(
+        self, until_ms: int | None = None, planted: Iterable[tuple[int, str]] = ()
+    ) -> Iterator[tuple[str, dict]]:
+        """``(kind, event)`` pairs in time order (kind: ``transaction`` or ``label``), up to ``until_ms``.
+
+        ``planted``: ``(time_ms, scenario)`` pairs; the first arrival at or after each time starts an episode of
+        that scenario (so a short run still holds every scenario)."""
+        plan = sorted(planted)
+        unknown = {s for _, s in plan} - set(SCENARIOS)
+        if unknown:
+            raise ValueError(f"unknown fraud scenario(s) {sorted(unknown)}; known: {', '.join(SCENARIOS)}")
         t = self.cfg.start_ms
         rate_max_per_ms = self.cfg.rate * _CYCLE_MAX / 1000.0
         while True:
@@ -114,10 +123,12 @@ class TrafficGenerator:
                 while self._heap and self._heap[0][0] <= until_ms:
                     yield self._pop()
                 return
-            if self.rng.random() * _CYCLE_MAX > _cycle(t):
+            if self.rng.random() * _CYCLE_MAX > cycle(t):
                 continue  # thinning: fewer arrivals at night and at weekends
             r = self.rng.random()
             scenario = next((s for s, p in zip(SCENARIOS, self._episode_p, strict=True) if r < p), None)
+            if plan and t >= plan[0][0]:
+                scenario = plan.pop(0)[1]
             if scenario is None:
                 self._normal(t)
             else:
