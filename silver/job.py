@@ -40,6 +40,14 @@ from silver.transforms import classify, enrich, late_events, latest_labels, pars
 TX_QUERY = "silver.transactions"
 TICKS_QUERY = "silver.market_ticks"
 
+# A label replaces the one a row has if it was reported later, or at the same time but says something else (a
+# correction). An identical label delivered again (an at-least-once producer, a replay) changes nothing, so
+# ``labeled_at`` stays the time silver first learnt it: the instant an audit of "what did we know" turns on.
+NEWER_LABEL = (
+    "(s.label_reported_at > t.label_reported_at) OR ((s.label_reported_at = t.label_reported_at) AND "
+    "((s.label IS DISTINCT FROM t.label) OR (s.label_source IS DISTINCT FROM t.label_source)))"
+)
+
 
 _UTC_MICROS = "'Timestamp(Microsecond, Some(\"UTC\"))'"
 
@@ -284,9 +292,7 @@ class TransactionsBatch(SilverWriter):
                 LABELS_TABLE.uri(self.settings),
                 labels,
                 "t.transaction_id = s.transaction_id",
-                lambda m: m.when_matched_update_all(
-                    predicate="s.label_reported_at >= t.label_reported_at"
-                ).when_not_matched_insert_all(),
+                lambda m: m.when_matched_update_all(predicate=NEWER_LABEL).when_not_matched_insert_all(),
                 app_id=self.app("labels"),
                 batch_id=batch_id,
             )
@@ -313,7 +319,7 @@ class TransactionsBatch(SilverWriter):
             f"AND t.event_date <= {_lit_date(hi.date())}",
             lambda m: m.when_matched_update(
                 {c: f"s.{c}" for c in cols},
-                predicate="t.label_reported_at IS NULL OR s.label_reported_at >= t.label_reported_at",
+                predicate=f"t.label_reported_at IS NULL OR {NEWER_LABEL}",
             ),
             app_id=self.app("apply_labels"),
             batch_id=batch_id,

@@ -107,11 +107,11 @@ def test_decided_by_the_champion():
     assert not inv.decided_by(rows, {"a", "b"}, "m", "2").ok
 
 
-def test_time_travel_needs_unlabelled_before_and_labelled_after():
-    before, after = {"label": None}, {"label": {"label": "fraud"}}
-    assert inv.time_travel([("a", before, after)]).ok
-    assert not inv.time_travel([("a", after, after)]).ok
-    assert not inv.time_travel([("a", before, before)]).ok
+def test_time_travel_needs_the_earlier_state_before_and_the_label_after():
+    unlabelled, fraud, genuine = {"label": None}, {"label": {"label": "fraud"}}, {"label": {"label": "genuine"}}
+    assert inv.time_travel([("a", unlabelled, fraud), ("b", genuine, fraud)]).ok
+    assert not inv.time_travel([("a", fraud, fraud)]).ok
+    assert not inv.time_travel([("a", unlabelled, unlabelled)]).ok
     assert not inv.time_travel([]).ok
 
 

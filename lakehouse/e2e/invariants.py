@@ -176,15 +176,17 @@ def decided_by(decisions: Sequence[dict], ids: Iterable[str], model: str, versio
 
 
 def time_travel(audits: Sequence[tuple[str, dict, dict]]) -> Check:
-    """For each ``(transaction_id, before, after)`` audit pair: unlabelled before the label's merge, labelled
-    after it."""
+    """For each ``(transaction_id, before, after)`` audit pair, read just before and after the MERGE that gave the
+    transaction its label: before, no label or an earlier, different one; after, the label."""
+
+    def label(audit: dict):
+        return (audit.get("label") or {}).get("label")
+
     wrong = [
-        f"{t}: before {(b.get('label') or {}).get('label')}, after {(a.get('label') or {}).get('label')}"
-        for t, b, a in audits
-        if (b.get("label") or {}).get("label") is not None or (a.get("label") or {}).get("label") is None
+        f"{t}: before {label(b)}, after {label(a)}" for t, b, a in audits if label(a) is None or label(b) == label(a)
     ]
     return check(
-        "time travel: before a label merge the transaction is unlabelled",
+        "time travel: just before a label merge the transaction shows its earlier state",
         {"no audited transaction": [] if audits else ["none"], "wrong state": wrong},
     )
 
