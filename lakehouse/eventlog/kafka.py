@@ -65,17 +65,18 @@ class KafkaLog(EventLog):
         return self._partitions[topic]
 
     def produce_batch(self, topic: str, records: Sequence[tuple[bytes | str | None, bytes]]) -> list[tuple[int, int]]:
+        from kafka.errors import KafkaError
+
         n = self.partitions(topic)
         futures = []
-        for key, value in records:
-            kb = key.encode() if isinstance(key, str) else key
-            futures.append(self._producer.send(topic, key=kb, value=value, partition=partition_for(kb, n)))
-        self._producer.flush()
-        out = []
-        for future in futures:
-            meta = future.get(timeout=30)
-            out.append((meta.partition, meta.offset))
-        return out
+        try:
+            for key, value in records:
+                kb = key.encode() if isinstance(key, str) else key
+                futures.append(self._producer.send(topic, key=kb, value=value, partition=partition_for(kb, n)))
+            self._producer.flush()
+            return [((meta := future.get(timeout=30)).partition, meta.offset) for future in futures]
+        except KafkaError as exc:  # as the Redis log does: the producer holds the batch and retries (traffic.producer)
+            raise EventLogError(f"Kafka produce to {topic!r} failed: {exc}") from exc
 
     def end_offsets(self, topic: str) -> dict[int, int]:
         from kafka import TopicPartition

@@ -132,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     except ReplayError as exc:
         print(f"replay error: {exc}", file=sys.stderr)
         return 2
+    except eventlog.EventLogError as exc:  # e.g. the log stayed down past traffic.outage_give_up_s
+        print(f"event log error: {exc}", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         print("stopped", file=sys.stderr)
     for err in errors[:20]:
