@@ -108,10 +108,13 @@ def test_decided_by_the_champion():
 
 
 def test_time_travel_needs_the_earlier_state_before_and_the_label_after():
-    unlabelled, fraud, genuine = {"label": None}, {"label": {"label": "fraud"}}, {"label": {"label": "genuine"}}
+    row = {"silver": {"row": {"transaction_id": "a"}}}
+    unlabelled, fraud = {**row, "label": None}, {**row, "label": {"label": "fraud"}}
+    genuine = {**row, "label": {"label": "genuine"}}
     assert inv.time_travel([("a", unlabelled, fraud), ("b", genuine, fraud)]).ok
     assert not inv.time_travel([("a", fraud, fraud)]).ok
     assert not inv.time_travel([("a", unlabelled, unlabelled)]).ok
+    assert "not in silver" in inv.time_travel([("a", {"status": 404}, fraud)]).detail
     assert not inv.time_travel([]).ok
 
 

@@ -39,8 +39,9 @@ class Part:
             out[i % n].raw.append(record)
         return out
 
-    def ids(self, kind: str = "transaction") -> list[str]:
-        return [e[KEY_FIELDS[kind] if kind != "transaction" else "transaction_id"] for k, e in self.events if k == kind]
+    def ids(self) -> list[str]:
+        """The ids of its transactions."""
+        return [e["transaction_id"] for k, e in self.events if k == "transaction"]
 
 
 @dataclass

@@ -177,13 +177,18 @@ def decided_by(decisions: Sequence[dict], ids: Iterable[str], model: str, versio
 
 def time_travel(audits: Sequence[tuple[str, dict, dict]]) -> Check:
     """For each ``(transaction_id, before, after)`` audit pair, read just before and after the MERGE that gave the
-    transaction its label: before, no label or an earlier, different one; after, the label."""
+    transaction its label: before, the row with no label or an earlier, different one; after, the label."""
 
     def label(audit: dict):
         return (audit.get("label") or {}).get("label")
 
+    def known(audit: dict) -> bool:
+        return bool((audit.get("silver") or {}).get("row"))
+
     wrong = [
-        f"{t}: before {label(b)}, after {label(a)}" for t, b, a in audits if label(a) is None or label(b) == label(a)
+        f"{t}: before {label(b) if known(b) else 'not in silver'}, after {label(a)}"
+        for t, b, a in audits
+        if not known(b) or label(a) is None or label(b) == label(a)
     ]
     return check(
         "time travel: just before a label merge the transaction shows its earlier state",

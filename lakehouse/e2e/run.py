@@ -221,35 +221,29 @@ def score_through_api(run: Run, api: Api, tokens: dict, part: inputs.Part, n: in
     run.step("scored through the API", t0)
 
 
-def audit_label_merges(run: Run, api: Api, tokens: dict, settings: Settings, scored_start: datetime) -> None:
-    """Audit transactions whose label silver learnt while the scored traffic streamed: at the moment before
-    ``labeled_at`` and now."""
+def audit_label_merges(
+    run: Run, api: Api, tokens: dict, settings: Settings, scored_start: datetime, history: set[str]
+) -> None:
+    """Audit history transactions (in silver before the scored part) whose label silver learnt while the scored
+    traffic streamed: at the instant before ``labeled_at`` and now."""
     silver = delta.read_arrow(
-        settings,
-        settings.table_uri("silver", "transactions"),
-        columns=["transaction_id", "label", "labeled_at", "event_time"],
+        settings, settings.table_uri("silver", "transactions"), columns=["transaction_id", "labeled_at"]
     ).to_pylist()
     merged = sorted(
-        (
-            r
-            for r in silver
-            if r["labeled_at"] is not None
-            and r["labeled_at"] > scored_start
-            and r["event_time"] < r["labeled_at"] - timedelta(seconds=1)
-        ),
-        key=lambda r: r["transaction_id"],
+        r["transaction_id"]
+        for r in silver
+        if r["transaction_id"] in history and r["labeled_at"] is not None and r["labeled_at"] > scored_start
     )
+    labeled_at = {r["transaction_id"]: r["labeled_at"] for r in silver}
     headers = {"Authorization": f"Bearer {tokens['admin']}"}
     with httpx.Client(base_url=api.url, headers=headers, timeout=60) as client:
-        for r in merged[:5]:
-            before = (r["labeled_at"] - timedelta(milliseconds=1)).isoformat()
-            b = client.get(f"/v1/audit/transactions/{r['transaction_id']}", params={"as_of": before})
-            a = client.get(
-                f"/v1/audit/transactions/{r['transaction_id']}", params={"as_of": datetime.now(UTC).isoformat()}
-            )
+        for tx in merged[:5]:
+            before = (labeled_at[tx] - timedelta(milliseconds=1)).isoformat()
+            b = client.get(f"/v1/audit/transactions/{tx}", params={"as_of": before})
+            a = client.get(f"/v1/audit/transactions/{tx}", params={"as_of": datetime.now(UTC).isoformat()})
             run.audits.append(
                 (
-                    r["transaction_id"],
+                    tx,
                     b.json() if b.status_code == 200 else {"status": b.status_code},
                     a.json() if a.status_code == 200 else {"status": a.status_code},
                 )
@@ -310,7 +304,7 @@ def execute(settings: Settings, opts: Options) -> tuple[Run, list[inv.Check], di
                     produce(mine, log, chunks[-1])
                 pipeline.run_to_end(STEP_TIMEOUT_S)
                 run.step("scored traffic streamed", t0)
-                audit_label_merges(run, api, tokens, mine, scored_start)
+                audit_label_merges(run, api, tokens, mine, scored_start, set(traffic.history.ids()))
         finally:
             pipeline.kill()
         t0 = time.monotonic()
