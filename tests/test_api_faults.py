@@ -128,9 +128,16 @@ class Api:
 @pytest.fixture(scope="module")
 def api(trained, online_redis, tmp_path_factory):
     """``python -m serving`` with one worker on the trained lake, its online store on ``online_redis``, following
-    its aliases every second."""
+    its aliases every second. Its champion is a copy of the trained XGBoost under a name of this module's own:
+    the MLflow test registers and promotes a second version, which other tests of the session must not see."""
     settings, env, summary = trained
-    env = {**env, "LAKEHOUSE__ONLINE_STORE__URL": online_redis.url, "LAKEHOUSE__MODELS__REFRESH_SECONDS": "1"}
+    name = f"{summary['xgboost']['name']}-faults"
+    mc = registry.client(settings)
+    trained_source = mc.get_model_version(summary["xgboost"]["name"], summary["xgboost"]["version"]).source
+    version = str(mlflow.register_model(trained_source, name, await_registration_for=60).version)
+    registry.assign_aliases(mc, name, version)  # champion and challenger
+    env = {**env, "LAKEHOUSE__ONLINE_STORE__URL": online_redis.url, "LAKEHOUSE__MODELS__REFRESH_SECONDS": "1",
+           "LAKEHOUSE__MODELS__SUPERVISED_NAME": name}  # fmt: skip
     silver = delta.read_arrow(settings, settings.table_uri("silver", "transactions")).to_pylist()
     events = [{k: row[k] for k in EVENT_KEYS} for row in sorted(silver, key=lambda r: r["transaction_id"])[:50]]
     port = free_port()
@@ -139,7 +146,6 @@ def api(trained, online_redis, tmp_path_factory):
         proc = subprocess.Popen([sys.executable, "-m", "serving", "--port", str(port), "--workers", "1"],
                                 env=env, start_new_session=True, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
     url = f"http://127.0.0.1:{port}"
-    name, version = summary["xgboost"]["name"], summary["xgboost"]["version"]
     try:
         with httpx.Client(base_url=url, headers=ADMIN, timeout=REQUEST_TIMEOUT_S) as client:
 
