@@ -11,11 +11,13 @@ Two writers produce the same Delta protocol:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from datetime import date, timedelta
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from deltalake.exceptions import CommitFailedError, TableNotFoundError
 from deltalake.table import TableMerger
@@ -32,6 +34,16 @@ def days(start: date, end: date) -> list[date]:
 def date_predicate(dates: list[date]) -> str:
     """A Delta predicate selecting the ``event_date`` partitions of ``dates`` (for partition overwrites)."""
     return "event_date IN (" + ", ".join(f"'{d.isoformat()}'" for d in sorted(dates)) + ")"
+
+
+def one_of(dataset: pads.Dataset, column: str, values: pa.Array | pa.ChunkedArray | Collection) -> pc.Expression:
+    """A filter on ``dataset``: ``column`` is one of ``values``. The column and the values are cast to the table's
+    type: a batch or a data file may hold strings as ``string_view``, which no comparison with a plain string
+    accepts (the file-statistics pruning of ``isin`` fails on it)."""
+    typ = dataset.schema.field(column).type
+    if not isinstance(values, pa.Array | pa.ChunkedArray):
+        values = pa.array(list(values))
+    return pc.field(column).cast(typ).isin(pc.cast(values, typ))
 
 
 def table_exists(settings: Settings, uri: str) -> bool:

@@ -12,8 +12,6 @@ from collections.abc import Collection
 from datetime import UTC, date, datetime
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.compute as pc
 from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
 
@@ -30,15 +28,11 @@ CONSUMERS = {"bronze.transactions": "transactions", "bronze.labels": "labels", "
 
 
 def _matching(dt: DeltaTable, column: str, values: Collection[object], columns: list[str] | None = None) -> list[dict]:
-    """The rows (only ``columns``, if given) of ``dt`` whose ``column`` is one of ``values``. The column is cast to
-    its table type in the filter: some data files hold it as ``string_view``, which no comparison with a plain
-    string accepts."""
+    """The rows (only ``columns``, if given) of ``dt`` whose ``column`` is one of ``values``."""
     if not values:
         return []
     dataset = dt.to_pyarrow_dataset()
-    typ = dataset.schema.field(column).type
-    wanted = pc.field(column).cast(typ).isin(pa.array(list(values), typ))
-    return dataset.to_table(columns=columns, filter=wanted).to_pylist()
+    return dataset.to_table(columns=columns, filter=delta.one_of(dataset, column, values)).to_pylist()
 
 
 def _read(

@@ -334,10 +334,7 @@ class TransactionsBatch(SilverWriter):
             return empty
         dataset = delta.open_table(self.settings, LABELS_TABLE.uri(self.settings)).to_pyarrow_dataset()
         since = pc.min(inserted["event_time"]).as_py()
-        # ids as the table types them, the column cast too: a batch (or a data file) may hold them as string_view,
-        # which no comparison with a plain string accepts (the file-statistics pruning of ``isin`` failed on it)
-        typ = dataset.schema.field("transaction_id").type
-        ids = pads.field("transaction_id").cast(typ).isin(pc.cast(inserted["transaction_id"], typ))
+        ids = delta.one_of(dataset, "transaction_id", inserted["transaction_id"])
         found = dataset.to_table(columns=cols, filter=(pads.field("label_reported_at") >= pa.scalar(since, TS)) & ids)
         return found
 
