@@ -46,17 +46,19 @@ class Pipeline:
 
     def __init__(self, settings: Settings, env: dict, logs: Path):
         # marks this pipeline's processes (not the API's, which shares the lakehouse) for ``kill``
-        self.marker = f"LAKEHOUSE_E2E_PIPELINE={uuid.uuid4().hex}"
+        token = uuid.uuid4().hex
+        self.marker = f"LAKEHOUSE_E2E_PIPELINE={token}".encode()
         self.settings, self.logs = settings, logs
-        self.env = {**env, "LAKEHOUSE_E2E_PIPELINE": self.marker.split("=", 1)[1]}
+        self.env = {**env, "LAKEHOUSE_E2E_PIPELINE": token}
         self.proc: subprocess.Popen | None = None
+        self.args: tuple[str, ...] = ()  # of the current run, for a restart
         self.runs: list[Path] = []
-        self.kills: list[dict] = []
         self.transient_restarts = 0
 
     def start(self, *args: str) -> None:
         path = self.logs / f"pipeline-{len(self.runs)}.log"
         self.runs.append(path)
+        self.args = args
         with open(path, "wb") as err:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "lakehouse.pipeline", "--no-traffic", *args],
@@ -87,7 +89,6 @@ class Pipeline:
             "commits": self.commits() - before,
             "random_delay_s": round(delay, 2),
         }
-        self.kills.append(kill)
         return kill
 
     def run_to_end(self, timeout_s: float) -> None:
@@ -112,7 +113,7 @@ class Pipeline:
             return
         if TRANSIENT in self.tail(20000) and self.transient_restarts < 4:
             self.transient_restarts += 1
-            self.start(*self.proc.args[4:])
+            self.start(*self.args)
             return
         raise RunError(f"the pipeline exited with {self.proc.returncode}:\n{self.tail()}")
 
@@ -124,10 +125,9 @@ class Pipeline:
                 os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=60)
             self.proc = None
-        marker = self.marker.encode()
         for proc in Path("/proc").glob("[0-9]*"):
             with contextlib.suppress(OSError, ValueError):
-                if int(proc.name) != os.getpid() and marker in (proc / "environ").read_bytes().split(b"\0"):
+                if int(proc.name) != os.getpid() and self.marker in (proc / "environ").read_bytes().split(b"\0"):
                     os.kill(int(proc.name), signal.SIGKILL)
 
     def tail(self, n: int = 6000) -> str:

@@ -28,6 +28,7 @@ from lakehouse.contracts import schema
 from lakehouse.e2e import inputs
 from lakehouse.e2e import invariants as inv
 from lakehouse.e2e.processes import Api, Outage, Pipeline, RunError, wait_until
+from lakehouse.e2e.readout import figures, read_all
 from lakehouse.stack.__main__ import up
 from lakehouse.stack.process import free_port
 from lakehouse.traffic.producer import send, topic_for
@@ -252,8 +253,6 @@ def audit_label_merges(
 
 def execute(settings: Settings, opts: Options) -> tuple[Run, list[inv.Check], dict]:
     """The whole run; returns it, the checks and the tables it read."""
-    from lakehouse.e2e.readout import figures, read_all  # Spark-free reads of the log and tables
-
     started = time.monotonic()
     root = opts.root or settings.state_path / "e2e" / datetime.now(UTC).strftime("%Y%m%dt%H%M%S")
     root.mkdir(parents=True, exist_ok=True)
