@@ -8,20 +8,23 @@ export PYSPARK_DRIVER_PYTHON := $(abspath $(PY))
 
 .PHONY: install up down status stream serve traffic test test-unit lint format clean-state bench optimize backfill reference training-set train evaluate promote models prometheus report notebooks e2e
 
-install: $(VENV)/.installed  ## create the venv and install the project, its dev extras and redis-server
+install: $(VENV)/.installed  ## create the venv and install the project and its dev extras; apt: Java, Redis, PostgreSQL, Chromium, Prometheus
+
+# apt-get install, refreshing the package lists first when they are missing or stale (a fresh machine has none)
+APT_INSTALL = apt_install() { apt-get install -y -q "$$@" >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q "$$@" >/dev/null; }; }; apt_install
 
 $(VENV)/.installed: pyproject.toml
-	@command -v redis-server >/dev/null || { echo "installing redis-server (apt)"; apt-get install -y -q redis-server >/dev/null; }
-	@command -v java >/dev/null || { echo "installing Java 17 (apt)"; apt-get install -y -q openjdk-17-jre-headless >/dev/null; }
-	@command -v chromedriver >/dev/null || { echo "installing chromium and chromium-driver (apt), for the console's browser test"; \
-		apt-get install -y -q chromium chromium-driver >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q chromium chromium-driver >/dev/null; }; }
-	@command -v prometheus >/dev/null || { echo "installing prometheus (apt)"; apt-get install -y -q prometheus >/dev/null; }
+	@command -v java >/dev/null || { echo "installing Java 17 (apt)"; $(APT_INSTALL) openjdk-17-jre-headless; }
+	@command -v redis-server >/dev/null || { echo "installing redis-server (apt)"; $(APT_INSTALL) redis-server; }
+	@ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || { echo "installing postgresql (apt), MLflow's backend store"; $(APT_INSTALL) postgresql; }
+	@command -v chromedriver >/dev/null || { echo "installing chromium and chromium-driver (apt), for the console's browser test"; $(APT_INSTALL) chromium chromium-driver; }
+	@command -v prometheus >/dev/null || { echo "installing prometheus (apt)"; $(APT_INSTALL) prometheus; }
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
 	@touch $@
 
-up: install  ## start the local stack (event log, online Redis, S3, MLflow) and create the topics
+up: install  ## start the local stack (event log, online Redis, PostgreSQL, S3, MLflow) and create the topics
 	$(PY) -m lakehouse.stack up
 
 down:  ## stop the local stack

@@ -53,8 +53,10 @@ class EventLogSettings(BaseModel):
 
 
 class OnlineStoreSettings(BaseModel):
-    url: str = "redis://127.0.0.1:6379/0"
+    url: str = "redis://127.0.0.1:6392/0"
     key_prefix: str = "fl"
+    # a redis-server of the project's own started by `make up` (persistence on, under the state directory)
+    embedded: bool = True
 
 
 class S3Settings(BaseModel):
@@ -101,9 +103,18 @@ class FeatureSettings(BaseModel):
     training_chunk_days: int = Field(default=7, ge=1)
 
 
+class PostgresSettings(BaseModel):
+    """MLflow's PostgreSQL: `make up` runs a cluster of its own (address and database from
+    ``mlflow.backend_store_uri``) under the state directory."""
+
+    embedded: bool = True
+    # the unprivileged OS user it runs as when `make up` runs as root (created if missing)
+    os_user: str = "postgres"
+
+
 class MlflowSettings(BaseModel):
     tracking_uri: str = "http://127.0.0.1:5000"
-    backend_store_uri: str = "postgresql+psycopg2://postgres@127.0.0.1:5432/mlflow"
+    backend_store_uri: str = "postgresql+psycopg2://postgres@127.0.0.1:5440/mlflow"
     artifacts_destination: str = ".state/mlflow-artifacts"
     embedded: bool = True
 
@@ -295,6 +306,7 @@ class Settings(BaseSettings):
     lakehouse: LakehouseSettings = LakehouseSettings()
     streaming: StreamingSettings = StreamingSettings()
     features: FeatureSettings = FeatureSettings()
+    postgres: PostgresSettings = PostgresSettings()
     mlflow: MlflowSettings = MlflowSettings()
     models: ModelSettings = ModelSettings()
     decision: DecisionSettings = DecisionSettings()

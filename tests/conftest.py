@@ -24,16 +24,13 @@ def settings() -> Settings:
 
 @pytest.fixture(scope="session")
 def stack(settings: Settings):
-    """The real embedded stack (event log, online Redis, S3, MLflow) on the test profile's ports, fresh."""
-    import redis
-
+    """The real embedded stack (event log, online Redis, PostgreSQL, S3, MLflow) on the test profile's ports,
+    fresh: every service is the project's own, its data under the test state directory."""
     from lakehouse.stack.__main__ import down, up
 
     down(settings)
     shutil.rmtree(settings.state_path, ignore_errors=True)
     up(settings)
-    # the online store is the machine's Redis: the test profile's database starts empty too
-    redis.Redis.from_url(settings.online_store.url).flushdb()
     yield settings
     down(settings)
 

@@ -3,6 +3,7 @@
 import subprocess
 import sys
 import urllib.request
+from pathlib import Path
 
 import botocore.exceptions
 import pytest
@@ -48,3 +49,23 @@ def test_s3_roundtrip_and_credentials_enforced(stack):
     wrong = s3_client(stack.model_copy(update={"s3": stack.s3.model_copy(update={"secret_key": "wrong"})}))
     with pytest.raises(botocore.exceptions.ClientError):
         wrong.get_object(Bucket=stack.s3.bucket, Key="t/hello.txt")
+
+
+def test_postgres_and_online_store_are_the_projects_own(stack):
+    """Nothing assumes a service the machine happened to run: PostgreSQL and Redis are started by the stack,
+    with their data under its state directory (PostgreSQL as an unprivileged user, Redis with its AOF on)."""
+    import os
+
+    import redis
+
+    from lakehouse.stack.process import ProcessManager
+
+    manager = ProcessManager(stack.state_path)
+    pg = manager.pid("postgres")
+    assert pg is not None and manager.pid("online-store") is not None
+    assert (stack.state_path / "postgres" / "PG_VERSION").exists()
+    assert os.stat(f"/proc/{pg}").st_uid != 0
+    assert f"-D {stack.state_path / 'postgres'}" in Path(f"/proc/{pg}/cmdline").read_text().replace("\0", " ")
+    online = redis.Redis.from_url(stack.online_store.url)
+    assert online.config_get("appendonly")["appendonly"] == "yes"
+    assert online.config_get("dir")["dir"] == str(stack.state_path / "online-store")

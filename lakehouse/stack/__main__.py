@@ -8,15 +8,16 @@ import time
 
 from lakehouse import eventlog
 from lakehouse.config import Settings, get_settings
+from lakehouse.stack.postgres import ensure_database
 from lakehouse.stack.process import ProcessManager, ServiceError
-from lakehouse.stack.services import ensure_postgres_database, stack_services
+from lakehouse.stack.services import stack_services
 
 
 def up(settings: Settings) -> None:
     manager = ProcessManager(settings.state_path)
     for svc in stack_services(settings):
         if svc.name == "mlflow":
-            ensure_postgres_database(settings.mlflow.backend_store_uri)
+            ensure_database(settings.mlflow.backend_store_uri)
         t0 = time.monotonic()
         print(
             f"  {svc.name:<13} {manager.start(svc)} in {time.monotonic() - t0:.1f} s  {svc.endpoint}",

@@ -23,6 +23,12 @@ class Service:
     ready_timeout_s: float = 60.0
     env: dict[str, str] = field(default_factory=dict)
     stop_timeout_s: float = 40.0
+    # the signal that asks for a clean, prompt stop (PostgreSQL: SIGINT, its "fast" shutdown)
+    stop_signal: int = signal.SIGTERM
+    # run as this OS user (PostgreSQL refuses root); None: as the caller
+    user: str | None = None
+    # one-time set-up before the first start (e.g. initdb); runs on every start, so it must be idempotent
+    prepare: Callable[[], None] | None = None
 
 
 class ServiceError(RuntimeError):
@@ -52,6 +58,8 @@ class ProcessManager:
             self.stop(svc)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        if svc.prepare is not None:
+            svc.prepare()
         log = open(self.log_path(svc.name), "ab")  # noqa: SIM115 - handed to the child
         proc = subprocess.Popen(
             svc.command,
@@ -60,6 +68,9 @@ class ProcessManager:
             stdin=subprocess.DEVNULL,
             start_new_session=True,
             env={**os.environ, **svc.env},
+            user=svc.user,
+            group=_group_of(svc.user),
+            extra_groups=[] if svc.user else None,
         )
         log.close()
         (self.run_dir / f"{svc.name}.pid").write_text(str(proc.pid))
@@ -84,7 +95,7 @@ class ProcessManager:
         if pid is None:
             pid_file.unlink(missing_ok=True)
             return "not running"
-        _signal_group(pid, signal.SIGTERM)
+        _signal_group(pid, svc.stop_signal)
         deadline = time.monotonic() + svc.stop_timeout_s
         while time.monotonic() < deadline and _alive(pid):
             time.sleep(0.2)
@@ -96,6 +107,12 @@ class ProcessManager:
                 time.sleep(0.1)
         pid_file.unlink(missing_ok=True)
         return how
+
+
+def _group_of(user: str | None) -> int | None:
+    import pwd
+
+    return None if user is None else pwd.getpwnam(user).pw_gid
 
 
 def _signal_group(pid: int, sig: int) -> None:

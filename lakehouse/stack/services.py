@@ -12,6 +12,7 @@ from urllib.parse import urlparse
 import redis
 
 from lakehouse.config import Settings
+from lakehouse.stack.postgres import postgres_service
 from lakehouse.stack.process import Service, ServiceError
 
 
@@ -115,33 +116,6 @@ def _s3_ok(settings: Settings) -> bool:
         return False
 
 
-def ensure_postgres_database(uri: str) -> None:
-    """Create the database of a ``postgresql://`` MLflow backend store if it is missing."""
-    if not uri.startswith("postgresql"):
-        return
-    import psycopg2
-
-    u = urlparse(uri)
-    dbname = u.path.lstrip("/")
-    try:
-        conn = psycopg2.connect(
-            host=u.hostname,
-            port=u.port or 5432,
-            user=u.username or "postgres",
-            password=u.password,
-            dbname="postgres",
-            connect_timeout=5,
-        )
-    except psycopg2.OperationalError as exc:
-        raise ServiceError(f"PostgreSQL for MLflow unreachable at {u.hostname}:{u.port}: {exc}".strip()) from exc
-    conn.autocommit = True
-    with conn.cursor() as cur:
-        cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,))
-        if cur.fetchone() is None:
-            cur.execute(f'CREATE DATABASE "{dbname}"')
-    conn.close()
-
-
 def mlflow_service(settings: Settings) -> Service:
     m = settings.mlflow
     u = urlparse(m.tracking_uri)
@@ -192,9 +166,12 @@ def stack_services(settings: Settings) -> list[Service]:
                 settings.eventlog.appendfsync,
             )
         )
-    services.append(redis_service("online-store", settings.online_store.url, None))
+    if settings.online_store.embedded:
+        services.append(redis_service("online-store", settings.online_store.url, settings.state_path / "online-store"))
     if settings.s3.embedded:
         services.append(s3_service(settings))
+    if settings.postgres.embedded and settings.mlflow.backend_store_uri.startswith("postgresql"):
+        services.append(postgres_service(settings))
     if settings.mlflow.embedded:
         services.append(mlflow_service(settings))
     return services
