@@ -13,8 +13,9 @@ install: $(VENV)/.installed  ## create the venv and install the project and its 
 # apt-get install, refreshing the package lists first when they are missing or stale (a fresh machine has none)
 APT_INSTALL = apt_install() { apt-get install -y -q "$$@" >/dev/null 2>&1 || { apt-get update -q >/dev/null && apt-get install -y -q "$$@" >/dev/null; }; }; apt_install
 
-$(VENV)/.installed: pyproject.toml
-	@command -v java >/dev/null || { echo "installing Java 17 (apt)"; $(APT_INSTALL) openjdk-17-jre-headless; }
+$(VENV)/.installed: pyproject.toml jvm/spark/pom.xml jvm/kafka/pom.xml
+	@command -v java >/dev/null || { echo "installing Java 17 (apt)"; $(APT_INSTALL) openjdk-17-jdk-headless; }
+	@command -v mvn >/dev/null || { echo "installing Maven (apt)"; $(APT_INSTALL) maven; }
 	@command -v redis-server >/dev/null || { echo "installing redis-server (apt)"; $(APT_INSTALL) redis-server; }
 	@ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || { echo "installing postgresql (apt), MLflow's backend store"; $(APT_INSTALL) postgresql; }
 	@command -v chromedriver >/dev/null || { echo "installing chromium and chromium-driver (apt), for the console's browser test"; $(APT_INSTALL) chromium chromium-driver; }
@@ -22,6 +23,10 @@ $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
+	@echo "fetching the JVM parts from Maven Central (jvm/*/pom.xml): Spark's Delta, Kafka and S3A jars; the Kafka broker"
+	@for part in spark kafka; do rm -rf .jars/$$part; \
+		mvn -B -q -f jvm/$$part/pom.xml dependency:copy-dependencies -DoutputDirectory=$(abspath .jars)/$$part \
+			-DincludeScope=runtime || exit 1; done
 	@touch $@
 
 up: install  ## start the local stack (event log, online Redis, PostgreSQL, S3, MLflow) and create the topics

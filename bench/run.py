@@ -121,11 +121,13 @@ def main(argv: list[str] | None = None) -> int:
         good, bad = Output(name, uri, ("event_date",)), Output(f"{name}.dead", f"{uri}_dead_letter")
         limits = Limits.from_settings(settings)
 
-        def outputs(batch):
-            validated = validate_records(batch, "transaction", limits)
+        def outputs(validated):
             return [(good, accepted(validated)), (bad, dead_letters(validated))]
 
-        q = start_to_delta(settings, name, source, outputs, trigger={"availableNow": True})
+        def stage(batch):
+            return validate_records(batch, "transaction", limits)
+
+        q = start_to_delta(settings, name, source, outputs, stage=stage, trigger={"availableNow": True})
         q.awaitTermination()
 
     rows.append(timed("bronze stream: log -> validate -> Delta", n, bronze))

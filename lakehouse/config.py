@@ -2,7 +2,7 @@
 
 The profile is chosen by ``LAKEHOUSE_PROFILE`` (default ``local``); ``LAKEHOUSE_CONF`` may point at any
 YAML file instead. Every value can be overridden by an environment variable named
-``LAKEHOUSE__<SECTION>__<KEY>`` (e.g. ``LAKEHOUSE__EVENTLOG__BACKEND=kafka``).
+``LAKEHOUSE__<SECTION>__<KEY>`` (e.g. ``LAKEHOUSE__EVENTLOG__KAFKA_BOOTSTRAP=kafka:9092``).
 Relative paths are resolved against the project root.
 """
 
@@ -42,13 +42,16 @@ class TopicsSettings(BaseModel):
 
 
 class EventLogSettings(BaseModel):
-    backend: Literal["redis", "kafka"] = "redis"
-    redis_url: str = "redis://127.0.0.1:6391/0"
+    """Apache Kafka: the stack's own single-node KRaft broker (``embedded``), or any cluster at ``kafka_bootstrap``."""
+
     kafka_bootstrap: str = "127.0.0.1:9092"
     max_event_bytes: int = Field(default=65536, ge=1024)
-    # the embedded Redis Streams broker started by `make up` (ignored for kafka)
+    # `make up` runs a broker (combined broker + controller, KRaft) on kafka_bootstrap's port, its controller on
+    # controller_port, log dirs under the state directory, from the Maven jars in broker_jars
     embedded: bool = True
-    appendfsync: Literal["always", "everysec", "no"] = "everysec"
+    controller_port: int = 9093
+    broker_jars: str = ".jars/kafka"
+    broker_heap: str = "512m"
     topics: TopicsSettings = TopicsSettings()
 
 
@@ -243,7 +246,8 @@ class SparkSettings(BaseModel):
     shuffle_partitions: int = 4
     driver_memory: str = "2g"
     ui_enabled: bool = False
-    extra_jars: list[str] = []
+    # the JVM parts (delta-spark, the Kafka source, S3A) fetched by `make install` from Maven Central (jvm/spark)
+    jars_dir: str = ".jars/spark"
     checkpoint_root: str = ".state/checkpoints"
 
 

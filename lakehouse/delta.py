@@ -152,6 +152,11 @@ def merge_batch(
     raise AssertionError("unreachable")
 
 
+def batch_tag(app_id: str, batch_id: int) -> str:
+    """The ``userMetadata`` of the commit a streaming batch writes (how its commit is found again)."""
+    return f"batch {batch_id} of {app_id}"
+
+
 def write_batch_spark(
     df,
     uri: str,
@@ -161,17 +166,37 @@ def write_batch_spark(
     partition_by: Sequence[str] | None = None,
     mode: str = "append",
 ) -> None:
-    """Spark's native Delta writer with the same idempotency (needs the delta-spark jars)."""
+    """Spark's Delta writer, idempotent per streaming batch (``txnAppId``/``txnVersion``: Delta skips a batch
+    of ``app_id`` whose id is not newer than the one it recorded)."""
     writer = (
         df.write.format("delta")
         .mode(mode)
         .option("txnAppId", app_id)
         .option("txnVersion", batch_id)
-        .option("userMetadata", f"batch {batch_id} of {app_id}")
+        .option("userMetadata", batch_tag(app_id, batch_id))
     )
     if partition_by:
         writer = writer.partitionBy(*partition_by)
     writer.save(uri)
+
+
+def commit_of(spark, uri: str, app_id: str, batch_id: int, since_ms: int, search: int = 50) -> tuple[int, bool]:
+    """(rows written, whether the commit is new since ``since_ms``) of the commit of (``app_id``, ``batch_id``);
+    (0, False) if it is not among the last ``search`` commits. Reads the Delta log only."""
+    from delta.tables import DeltaTable
+    from pyspark.sql import functions as F
+
+    found = (
+        DeltaTable.forPath(spark, uri)
+        .history(search)
+        .where(F.col("userMetadata") == batch_tag(app_id, batch_id))
+        .select("timestamp", "operationMetrics")
+        .first()
+    )
+    if found is None:
+        return 0, False
+    rows = int((found["operationMetrics"] or {}).get("numOutputRows", 0))
+    return rows, found["timestamp"].timestamp() * 1000 >= since_ms - 1000
 
 
 def read_arrow(

@@ -1,13 +1,38 @@
-"""The SparkSession of every job, and reading the event log as a stream (same columns on either backend)."""
+"""The SparkSession of every job (with the JVM parts `make install` fetched), and the event log as a stream."""
 
 from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 from pyspark.sql import DataFrame, SparkSession
 
 from lakehouse.config import Settings
+
+DELTA = {
+    "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
+    "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
+    # a table's snapshot is rebuilt with 50 tiny tasks by default, and VACUUM lists files with 10,000: on two
+    # cores both cost seconds for nothing
+    "spark.databricks.delta.snapshotPartitions": "2",
+    "spark.sql.sources.parallelPartitionDiscovery.parallelism": "4",
+}
+
+
+def s3a_conf(settings: Settings) -> dict[str, str]:
+    """Hadoop S3A on the configured S3 endpoint (the stack's SeaweedFS, MinIO, or AWS), for ``s3a://`` tables and
+    checkpoints. Delta's default log store for ``s3a`` (S3SingleDriverLogStore) is right for one writer per table."""
+    s3 = settings.s3
+    return {
+        "spark.hadoop.fs.s3a.endpoint": s3.endpoint_url,
+        "spark.hadoop.fs.s3a.endpoint.region": s3.region,
+        "spark.hadoop.fs.s3a.path.style.access": "true",
+        "spark.hadoop.fs.s3a.connection.ssl.enabled": str(s3.endpoint_url.startswith("https://")).lower(),
+        "spark.hadoop.fs.s3a.access.key": s3.access_key,
+        "spark.hadoop.fs.s3a.secret.key": s3.secret_key,
+        "spark.hadoop.fs.s3a.aws.credentials.provider": "org.apache.hadoop.fs.s3a.SimpleAWSCredentialsProvider",
+    }
 
 
 def get_spark(settings: Settings, app_name: str = "fraud-lakehouse") -> SparkSession:
@@ -15,6 +40,8 @@ def get_spark(settings: Settings, app_name: str = "fraud-lakehouse") -> SparkSes
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     sp = settings.spark
+    if sp.master.startswith("local"):
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # else the driver binds (and warns about) eth0
     builder = (
         SparkSession.builder.appName(app_name)
         .master(sp.master)
@@ -29,40 +56,38 @@ def get_spark(settings: Settings, app_name: str = "fraud-lakehouse") -> SparkSes
         .config("spark.scheduler.mode", "FAIR")
         .config("spark.driver.extraJavaOptions", "-Dderby.system.home=" + str(settings.state_path / "derby"))
     )
-    if sp.extra_jars:
-        builder = builder.config("spark.jars", ",".join(sp.extra_jars))
-    if settings.lakehouse.delta_writer == "spark":
-        builder = builder.config("spark.sql.extensions", "io.delta.sql.DeltaSparkSessionExtension").config(
-            "spark.sql.catalog.spark_catalog", "org.apache.spark.sql.delta.catalog.DeltaCatalog"
-        )
+    for key, value in {**DELTA, **s3a_conf(settings), "spark.jars": ",".join(spark_jars(settings))}.items():
+        builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
     from lakehouse.delta_source import DeltaRsDataSource
-    from lakehouse.spark_source import EventLogDataSource
 
-    spark.dataSource.register(EventLogDataSource)
     spark.dataSource.register(DeltaRsDataSource)
     return spark
+
+
+def spark_jars(settings: Settings) -> list[str]:
+    """Every jar of ``spark.jars_dir`` (Maven's, fetched by `make install`): a missing folder is a clear error,
+    not a query that fails on its first Kafka read."""
+    folder = settings.path(settings.spark.jars_dir)
+    jars = sorted(str(p) for p in folder.glob("*.jar"))
+    if not any("spark-sql-kafka" in Path(j).name for j in jars):
+        raise RuntimeError(f"no Spark jars in {folder}: run `make install` (it fetches them from Maven with mvn)")
+    return jars
 
 
 def read_event_stream(
     spark: SparkSession, settings: Settings, topic: str, max_records_per_trigger: int | None = None
 ) -> DataFrame:
-    """A streaming DataFrame of one topic, with Kafka's source columns (key, value, topic, partition, offset,
-    timestamp, timestampType) whichever backend is configured."""
-    ev = settings.eventlog
-    if ev.backend == "kafka":
-        reader = (
-            spark.readStream.format("kafka")
-            .option("kafka.bootstrap.servers", ev.kafka_bootstrap)
-            .option("subscribe", topic)
-            .option("startingOffsets", "earliest")
-            .option("failOnDataLoss", "true")
-        )
-        if max_records_per_trigger:
-            reader = reader.option("maxOffsetsPerTrigger", str(max_records_per_trigger))
-        return reader.load()
-    reader = spark.readStream.format("eventlog").option("url", ev.redis_url).option("topic", topic)
+    """A streaming DataFrame of one Kafka topic (key, value, topic, partition, offset, timestamp, timestampType)
+    through Spark's Kafka source; offsets live in the query's checkpoint."""
+    reader = (
+        spark.readStream.format("kafka")
+        .option("kafka.bootstrap.servers", settings.eventlog.kafka_bootstrap)
+        .option("subscribe", topic)
+        .option("startingOffsets", "earliest")
+        .option("failOnDataLoss", "true")
+    )
     if max_records_per_trigger:
-        reader = reader.option("maxRecordsPerTrigger", str(max_records_per_trigger))
+        reader = reader.option("maxOffsetsPerTrigger", str(max_records_per_trigger))
     return reader.load()

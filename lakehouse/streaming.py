@@ -71,38 +71,35 @@ class WatermarkState:
             (self.dir / str(old)).unlink(missing_ok=True)
 
 
-def delta_sink(settings: Settings, name: str, outputs: Outputs) -> Callable[[DataFrame, int], None]:
-    """A ``foreachBatch`` function writing each of ``outputs(batch)`` to its Delta table exactly once.
+def delta_sink(
+    settings: Settings, name: str, outputs: Outputs, stage: Callable[[DataFrame], DataFrame] | None = None
+) -> Callable[[DataFrame, int], None]:
+    """A ``foreachBatch`` function writing each of ``outputs(staged)`` to its Delta table exactly once, with
+    Spark's Delta writer on the executors (nothing is collected to the driver).
 
-    Every table records (query id, batch id) in its own commit, so after a crash between two tables'
-    commits the replayed batch skips the table that has it and writes the one that does not.
+    ``stage(batch)`` (e.g. contract validation) is computed once and kept in memory while the outputs are
+    written. Every table records (query id, batch id) as ``txnAppId``/``txnVersion`` in its commit, so after a
+    crash between two tables' commits the replayed batch skips the table that has it and writes the other.
     """
     checkpoint = checkpoint_dir(settings, name)
 
     def write(batch: DataFrame, batch_id: int) -> None:
         t0 = time.monotonic()
+        started_ms = int(time.time() * 1000)
         app_id = query_id(checkpoint)
-        batch.persist()
+        staged = (stage(batch) if stage else batch).persist()
+        report = []
         try:
-            report = []
-            for out, df in outputs(batch):
-                if settings.lakehouse.delta_writer == "spark":
-                    delta.write_batch_spark(
-                        df, out.uri, app_id=app_id, batch_id=batch_id, partition_by=out.partition_by
-                    )
-                    report.append(f"{out.name} written")
+            for out, df in outputs(staged):
+                if df.isEmpty():
                     continue
-                table = df.toArrow()
-                if table.num_rows == 0:
-                    continue
-                written = delta.write_batch(
-                    settings, out.uri, table, app_id=app_id, batch_id=batch_id, partition_by=out.partition_by
-                )
-                report.append(f"{out.name} {table.num_rows} rows {'written' if written else 'already committed'}")
-                if written:
-                    metrics.observe_written(name, out.name, table.num_rows)
+                delta.write_batch_spark(df, out.uri, app_id=app_id, batch_id=batch_id, partition_by=out.partition_by)
+                rows, new = delta.commit_of(batch.sparkSession, out.uri, app_id, batch_id, started_ms)
+                report.append(f"{out.name} {rows} rows {'written' if new else 'already committed'}")
+                if new:
+                    metrics.observe_written(name, out.name, rows)
         finally:
-            batch.unpersist()
+            staged.unpersist()
         print(
             f"[{name}] batch {batch_id}: {', '.join(report) or 'empty'} in {time.monotonic() - t0:.2f} s",
             file=sys.stderr,
@@ -146,7 +143,13 @@ def wait_initialised(query: StreamingQuery, timeout_s: float = 120.0) -> None:
 
 
 def start_to_delta(
-    settings: Settings, name: str, source: DataFrame, outputs: Outputs, *, trigger: dict | None = None
+    settings: Settings,
+    name: str,
+    source: DataFrame,
+    outputs: Outputs,
+    *,
+    stage: Callable[[DataFrame], DataFrame] | None = None,
+    trigger: dict | None = None,
 ) -> StreamingQuery:
-    """Start ``source`` → ``outputs`` → Delta tables, checkpointed under the query ``name``."""
-    return start_batches(settings, name, source, delta_sink(settings, name, outputs), trigger=trigger)
+    """Start ``source`` → ``stage`` → ``outputs`` → Delta tables, checkpointed under the query ``name``."""
+    return start_batches(settings, name, source, delta_sink(settings, name, outputs, stage), trigger=trigger)

@@ -170,7 +170,10 @@ def committed_offsets(checkpoint: str) -> dict[str, int] | None:
     if not commits:
         return None
     lines = (root / "offsets" / str(max(commits))).read_text().splitlines()
-    return {str(p): int(o) for p, o in json.loads(lines[2]).items()}
+    offsets = json.loads(lines[2])  # Kafka's source: {"<topic>": {"<partition>": next offset}}
+    if len(offsets) == 1 and isinstance(next(iter(offsets.values())), dict):
+        offsets = next(iter(offsets.values()))
+    return {str(p): int(o) for p, o in offsets.items()}
 
 
 def consumer_lag(settings: Settings, log: eventlog.EventLog) -> dict[str, int | None]:

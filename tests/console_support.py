@@ -4,6 +4,7 @@ the real ``LakeReader``), an event log that records what is produced, and a logg
 from __future__ import annotations
 
 import re
+import zlib
 from datetime import timedelta
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from test_api import CARD, DECISIONS, T0, FakeLog, decision_row
 
 from gold.tables import DECISIONS_TABLE
 from lakehouse.config import Settings
-from lakehouse.eventlog import EventLogError, partition_for
+from lakehouse.eventlog import EventLogError
 from silver.tables import LABELS_TABLE
 
 # the review queue, oldest first: tx-r1 (card-00099), tx-b (CARD, from test_api), tx-r2 (card-00099); tx-r3 has a
@@ -57,7 +58,7 @@ class RecordingLog(FakeLog):
             raise EventLogError("event log unreachable: connection refused")
         out = []
         for key, value in records:
-            p = partition_for(key, self.partitions)
+            p = zlib.crc32(key.encode() if isinstance(key, str) else key or b"") % self.partitions
             offset = sum(1 for r in self.records if r[0] == topic and r[1] == p)
             self.records.append((topic, p, offset, key, value))
             out.append((p, offset))

@@ -3,19 +3,19 @@ from lakehouse.config import Settings, get_settings
 
 def test_profile_yaml_is_loaded(settings: Settings):
     assert settings.profile == "test"
-    assert settings.eventlog.redis_url.endswith(":6491/0")
+    assert settings.eventlog.kafka_bootstrap == "127.0.0.1:9192"
     assert settings.state_path.name == ".state-test"
 
 
 def test_environment_overrides_yaml(monkeypatch):
-    monkeypatch.setenv("LAKEHOUSE__EVENTLOG__BACKEND", "kafka")
+    monkeypatch.setenv("LAKEHOUSE__EVENTLOG__KAFKA_BOOTSTRAP", "kafka:9092")
     monkeypatch.setenv("LAKEHOUSE__SPARK__SHUFFLE_PARTITIONS", "7")
     get_settings.cache_clear()
     try:
         s = get_settings()
-        assert s.eventlog.backend == "kafka"
+        assert s.eventlog.kafka_bootstrap == "kafka:9092"
         assert s.spark.shuffle_partitions == 7
-        assert s.eventlog.redis_url.endswith(":6491/0")  # untouched values still come from the YAML
+        assert s.eventlog.controller_port == 9193  # untouched values still come from the YAML
     finally:
         get_settings.cache_clear()
 

@@ -14,7 +14,9 @@ import uuid
 
 import pytest
 
-OUTAGE_S = 15  # longer than RedisStreamsLog's own retries (20 x 0.5 s)
+OUTAGE_S = 15  # longer than the Kafka client's own delivery timeout (10 s)
+# the run is one process of up to 2400 s (its own timeout below), longer than the suite's per-test 600 s
+pytestmark = pytest.mark.timeout(2700)
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
-"""The traffic producer through an event-log outage, on a private redis-server (not the shared stack).
+"""The traffic producer through an event-log outage, on a private Kafka broker (not the shared stack).
 
-The event log is a redis-server of the test's own on a free port, with an fsync-always AOF so the records it
-acknowledged survive the kill -9 and restart on the same port.
+The event log is a KRaft broker of the test's own (the stack's service definition, on free ports and a state
+directory of the test), killed with SIGKILL and restarted on the same ports and log dirs.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -22,57 +23,52 @@ from support import free_port, run
 
 from lakehouse import eventlog
 from lakehouse.config import Settings
-from lakehouse.eventlog.redis_streams import RedisStreamsLog
+from lakehouse.eventlog import EventLog
+from lakehouse.stack.kafka import kafka_service
+from lakehouse.stack.process import ProcessManager
 from lakehouse.traffic.producer import TOPIC_OF_KIND, UndeliveredError, send, topic_for
 
 
-class PrivateRedis:
-    """A redis-server process of this test: start, kill -9, start again on the same port and directory."""
+class PrivateKafka:
+    """A Kafka broker of this test: start, kill -9, start again on the same ports and log dirs."""
 
-    def __init__(self, root: Path):
-        self.port = free_port()
-        self.dir = root
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc: subprocess.Popen | None = None
+    def __init__(self, settings: Settings, root: Path):
+        self.bootstrap = f"127.0.0.1:{free_port()}"
+        ev = settings.eventlog.model_copy(update={"kafka_bootstrap": self.bootstrap, "controller_port": free_port()})
+        self.settings = settings.model_copy(update={"state_dir": str(root), "eventlog": ev})
+        self.service = kafka_service(self.settings)
+        self.manager = ProcessManager(self.settings.state_path)
 
-    def start(self, timeout_s: float = 15.0) -> None:
-        args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                "--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.dir)]  # fmt: skip
-        with open(self.dir / "redis.log", "ab") as logfile:
-            self.proc = subprocess.Popen(args, stdout=logfile, stderr=subprocess.STDOUT)
-        probe = RedisStreamsLog(self.url, retries=1)
-        deadline = time.monotonic() + timeout_s
-        while not probe.ping():
-            assert self.proc.poll() is None, (self.dir / "redis.log").read_text()[-2000:]
-            assert time.monotonic() < deadline, f"redis-server on port {self.port} did not answer in {timeout_s} s"
-            time.sleep(0.05)
-        probe.close()
+    def start(self) -> None:
+        self.manager.start(self.service)
 
     def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
+        pid = self.manager.pid(self.service.name)
+        if pid is not None:
+            os.killpg(pid, signal.SIGKILL)
+            while self.manager.pid(self.service.name) is not None:
+                time.sleep(0.05)
+
+    def log(self, timeout_s: float = 10.0) -> EventLog:
+        return eventlog.open_event_log(self.bootstrap, timeout_s)
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[PrivateRedis]:
-    srv = PrivateRedis(tmp_path)
+def server(settings: Settings, tmp_path: Path) -> Iterator[PrivateKafka]:
+    srv = PrivateKafka(settings, tmp_path / "broker")
     srv.start()
     yield srv
     srv.kill()
 
 
-def private(settings: Settings, url: str, **traffic: object) -> Settings:
-    """The test profile's settings with the event log at ``url`` (and ``traffic`` overrides)."""
+def private(settings: Settings, server: PrivateKafka, **traffic: object) -> Settings:
+    """The test profile's settings with the event log on the private broker (and ``traffic`` overrides)."""
     return settings.model_copy(
-        update={
-            "eventlog": settings.eventlog.model_copy(update={"backend": "redis", "redis_url": url}),
-            "traffic": settings.traffic.model_copy(update=traffic),
-        }
+        update={"eventlog": server.settings.eventlog, "traffic": settings.traffic.model_copy(update=traffic)}
     )
 
 
-def everything_in(log: RedisStreamsLog, settings: Settings) -> Counter:
+def everything_in(log: EventLog, settings: Settings) -> Counter:
     """Every record of the traffic topics as (kind, canonical JSON) -> how many times it is in the log."""
     found: Counter = Counter()
     for kind in TOPIC_OF_KIND:
@@ -83,16 +79,16 @@ def everything_in(log: RedisStreamsLog, settings: Settings) -> Counter:
     return found
 
 
-def total_records(log: RedisStreamsLog, settings: Settings) -> int:
+def total_records(log: EventLog, settings: Settings) -> int:
     return sum(sum(log.end_offsets(topic_for(settings, kind)).values()) for kind in TOPIC_OF_KIND)
 
 
 def test_generate_survives_an_outage_longer_than_the_logs_retries_without_losing_an_event(server, settings, tmp_path):
-    """``python -m lakehouse.traffic generate`` paced over ~9 s; the event log is killed 2 s in for 12 s (the
-    event log's own retries give up after ~10 s): the producer holds its batch, says so, and delivers it all."""
-    cfg = private(settings, server.url)
-    env = {**os.environ, "LAKEHOUSE_PROFILE": "test", "LAKEHOUSE__EVENTLOG__BACKEND": "redis",
-           "LAKEHOUSE__EVENTLOG__REDIS_URL": server.url}  # fmt: skip
+    """``python -m lakehouse.traffic generate`` paced over ~25 s; the broker is killed 2 s in for 15 s (longer
+    than the Kafka client's own delivery timeout of 10 s): the producer holds its batch, says so, and delivers it
+    all."""
+    cfg = private(settings, server)
+    env = {**os.environ, "LAKEHOUSE_PROFILE": "test", "LAKEHOUSE__EVENTLOG__KAFKA_BOOTSTRAP": server.bootstrap}
     n = 500
     args = ["-m", "lakehouse.traffic", "generate", "--rate", "20", "--with-market", "--seed", "8", "--customers",
             "300", "--fraud-rate", "0.05", "--start", "2026-03-02T13:00:00Z", "--max-events", str(n)]  # fmt: skip
@@ -103,7 +99,7 @@ def test_generate_survives_an_outage_longer_than_the_logs_retries_without_losing
     expected = {(e["kind"], json.dumps(e["event"], sort_keys=True)) for e in lines}
     assert len(lines) == len(expected) == n and {k for k, _ in expected} == {"transaction", "market_tick"}
 
-    log = RedisStreamsLog(server.url, retries=1)
+    log = server.log()
     eventlog.ensure_topics(log, cfg)
     stderr_path = tmp_path / "producer.stderr"
     with open(stderr_path, "w") as stderr:
@@ -118,7 +114,7 @@ def test_generate_survives_an_outage_longer_than_the_logs_retries_without_losing
         before_outage = total_records(log, cfg)
         log.close()
         server.kill()
-        time.sleep(12.0)
+        time.sleep(15.0)
         assert producer.poll() is None, "the producer died in the outage:\n" + stderr_path.read_text()[-3000:]
         server.start()
         code = producer.wait(timeout=90)
@@ -133,7 +129,7 @@ def test_generate_survives_an_outage_longer_than_the_logs_retries_without_losing
     assert "reachable again after" in out, out
     assert "of event-log outage" in out and f"sent {n} " in out, out  # the final progress line counts the outage
 
-    log = RedisStreamsLog(server.url, retries=1)
+    log = server.log()
     found = everything_in(log, cfg)
     log.close()
     missing = expected - set(found)
@@ -145,8 +141,8 @@ def test_generate_survives_an_outage_longer_than_the_logs_retries_without_losing
 def test_the_producer_gives_up_after_the_configured_outage_naming_the_undelivered_events(server, settings):
     """``traffic.outage_give_up_s``: once the log has been unreachable that long, ``send`` raises an error naming
     the events it held; it read no event beyond its batch while retrying."""
-    cfg = private(settings, server.url, outage_give_up_s=1.5)
-    log = RedisStreamsLog(server.url, retries=1, retry_wait_s=0.05)
+    cfg = private(settings, server, outage_give_up_s=5.0)
+    log = server.log(timeout_s=2.0)  # a delivery fails after 2 s
     eventlog.ensure_topics(log, cfg)
     t0 = 1_772_456_400_000  # 2026-03-02T13:00:00Z
     consumed = 0
@@ -177,8 +173,8 @@ def test_the_producer_gives_up_after_the_configured_outage_naming_the_undelivere
     error = outcome.get("error")
     assert isinstance(error, UndeliveredError), outcome
     assert (error.undelivered, error.sent) == (10, 10)
-    assert "10 events not delivered, 10 sent before" in str(error) and "give-up after 1.5 s" in str(error)
-    assert 1.5 <= elapsed < 15
+    assert "10 events not delivered, 10 sent before" in str(error) and "give-up after 5 s" in str(error)
+    assert 5.0 <= elapsed < 15
     assert consumed == 20  # nothing read beyond the held batch
     text = out.getvalue()
     assert "event log unreachable (" in text and "holding 10 events, retry in 0.2 s" in text, text

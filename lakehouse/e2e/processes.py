@@ -1,5 +1,5 @@
 """The run's real processes: the streaming pipeline (killed with SIGKILL at random points), the API, and a
-stack service stopped and started again (an outage)."""
+stack service killed and started again (an outage)."""
 
 from __future__ import annotations
 
@@ -173,7 +173,8 @@ class Api:
 
 
 class Outage:
-    """A stack service stopped, then started again (``with Outage(settings, "eventlog"): ...``)."""
+    """A stack service killed with SIGKILL (no clean shutdown), then started again on the same data
+    (``with Outage(settings, "kafka"): ...``)."""
 
     def __init__(self, settings: Settings, name: str):
         self.svc = next(s for s in stack_services(settings) if s.name == name)
@@ -181,8 +182,12 @@ class Outage:
         self.seconds = 0.0
 
     def __enter__(self) -> Outage:
-        if self.manager.stop(self.svc) != "stopped":
-            raise RunError(f"{self.svc.name} is not this stack's process: it cannot be stopped for an outage")
+        pid = self.manager.pid(self.svc.name)
+        if pid is None:
+            raise RunError(f"{self.svc.name} is not this stack's process: it cannot be killed for an outage")
+        os.killpg(pid, signal.SIGKILL)
+        while self.manager.pid(self.svc.name) is not None:
+            time.sleep(0.05)
         self.started = time.monotonic()
         return self
 

@@ -335,7 +335,7 @@ def event_log_outage(run: Run, settings: Settings, log, pipeline: Pipeline, part
 
     thread = threading.Thread(target=producer, name="e2e-producer")
     committed = pipeline.commits("bronze.transactions")  # bronze cannot commit while the log is down
-    with Outage(settings, "eventlog") as outage:
+    with Outage(settings, "kafka") as outage:
         thread.start()
         time.sleep(seconds)
     thread.join(timeout=STEP_TIMEOUT_S)
@@ -352,7 +352,8 @@ def event_log_outage(run: Run, settings: Settings, log, pipeline: Pipeline, part
     resumed = time.monotonic() - t0
     pipeline.kill()
     run.outage = {
-        "service": "eventlog",
+        "service": "kafka",
+        "how": "SIGKILL, then a restart on the same log dirs",
         "seconds": round(outage.seconds, 1),
         "producer_errors": [str(e) for e in errors],
         "events": len(part.events) + len(part.raw),

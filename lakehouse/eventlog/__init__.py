@@ -1,9 +1,8 @@
-"""The event log: one small interface over Redis Streams (embedded default) and Kafka (docker-compose).
+"""The event log: Apache Kafka (a broker of the stack's own, or any cluster), behind one small interface.
 
-Both implementations share Kafka's semantics: a topic has N partitions, a record's partition is chosen
-from its key with Kafka's murmur2 partitioner (so per-card order holds, and both backends place a key in
-the same partition), offsets are dense integers per partition starting at 0, and a reader asks for a
-half-open range ``[start, end)`` of offsets of one partition.
+A topic has N partitions, a record's partition is chosen from its key with Kafka's murmur2 partitioner (so
+per-card order holds), offsets are integers per partition from 0, and a reader asks for a half-open range
+``[start, end)`` of offsets of one partition. Spark reads the same topics with its own Kafka source.
 """
 
 from __future__ import annotations
@@ -11,8 +10,6 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-
-from lakehouse.eventlog.partitioner import partition_for
 
 
 @dataclass(frozen=True)
@@ -52,7 +49,7 @@ class EventLog(ABC):
 
     @abstractmethod
     def read(self, topic: str, partition: int, start: int, end: int, batch_size: int = 5000) -> Iterable[Record]:
-        """Records of one partition with ``start <= offset < end``, in offset order."""
+        """Records of one partition with ``start <= offset < end``, in offset order (up to what the log holds)."""
 
     @abstractmethod
     def delete_topic(self, topic: str) -> None:
@@ -69,22 +66,15 @@ class EventLog(ABC):
         """Release connections."""
 
 
-def open_event_log(backend: str, *, redis_url: str = "", kafka_bootstrap: str = "") -> EventLog:
-    """Open the configured implementation (``backend`` is ``redis`` or ``kafka``)."""
-    if backend == "redis":
-        from lakehouse.eventlog.redis_streams import RedisStreamsLog
+def open_event_log(bootstrap: str, timeout_s: float = 10.0) -> EventLog:
+    """The Kafka cluster at ``bootstrap`` (``host:port[,host:port]``); EventLogError if it does not answer."""
+    from lakehouse.eventlog.kafka import KafkaLog
 
-        return RedisStreamsLog(redis_url)
-    if backend == "kafka":
-        from lakehouse.eventlog.kafka import KafkaLog
-
-        return KafkaLog(kafka_bootstrap)
-    raise ValueError(f"unknown event log backend {backend!r} (expected 'redis' or 'kafka')")
+    return KafkaLog(bootstrap, timeout_s)
 
 
 def from_settings(settings) -> EventLog:
-    ev = settings.eventlog
-    return open_event_log(ev.backend, redis_url=ev.redis_url, kafka_bootstrap=ev.kafka_bootstrap)
+    return open_event_log(settings.eventlog.kafka_bootstrap)
 
 
 def ensure_topics(log: EventLog, settings) -> None:
@@ -99,5 +89,4 @@ __all__ = [
     "ensure_topics",
     "from_settings",
     "open_event_log",
-    "partition_for",
 ]

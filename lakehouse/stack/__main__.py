@@ -45,14 +45,24 @@ def status(settings: Settings) -> bool:
         owner = f"pid {pid}" if pid else "external" if ok else "-"
         print(f"  {svc.name:<13} {'UP' if ok else 'DOWN':<5} {owner:<12} {svc.endpoint}")
     if all_up:
+        from serving.lake import CONSUMERS, consumer_lag
+
         log = eventlog.from_settings(settings)
+        lags = consumer_lag(settings, log)
+        consumer = {getattr(settings.eventlog.topics, attr).name: query for query, attr in CONSUMERS.items()}
         for topic in settings.eventlog.topics.all():
             try:
                 ends = log.end_offsets(topic.name)
-                print(f"  topic {topic.name:<14} {sum(ends.values()):>10} records in {len(ends)} partitions")
             except eventlog.EventLogError as exc:
                 all_up = False
                 print(f"  topic {topic.name:<14} MISSING ({exc})")
+                continue
+            offsets = " ".join(f"{p}:{e}" for p, e in sorted(ends.items()))
+            line = f"  topic {topic.name:<14} {sum(ends.values()):>10} records, end offsets {offsets}"
+            if topic.name in consumer:
+                lag = lags.get(consumer[topic.name])
+                line += f"; {consumer[topic.name]} lag {'- (never ran)' if lag is None else lag}"
+            print(line)
         log.close()
     return all_up
 

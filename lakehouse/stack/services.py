@@ -12,6 +12,7 @@ from urllib.parse import urlparse
 import redis
 
 from lakehouse.config import Settings
+from lakehouse.stack.kafka import kafka_service
 from lakehouse.stack.postgres import postgres_service
 from lakehouse.stack.process import Service, ServiceError
 
@@ -41,7 +42,7 @@ def _binary(name: str) -> str:
     return found
 
 
-def redis_service(name: str, url: str, data_dir: Path | None, appendfsync: str = "everysec") -> Service:
+def redis_service(name: str, url: str, data_dir: Path | None) -> Service:
     u = urlparse(url)
     cmd = [
         _binary("redis-server"),
@@ -54,7 +55,7 @@ def redis_service(name: str, url: str, data_dir: Path | None, appendfsync: str =
     ]
     if data_dir is not None:
         data_dir.mkdir(parents=True, exist_ok=True)
-        cmd += ["--dir", str(data_dir), "--appendonly", "yes", "--appendfsync", appendfsync]
+        cmd += ["--dir", str(data_dir), "--appendonly", "yes", "--appendfsync", "everysec"]
     else:
         cmd += ["--appendonly", "no"]
     return Service(name, cmd, lambda: _redis_ok(url), url, ready_timeout_s=30)
@@ -157,15 +158,8 @@ def mlflow_service(settings: Settings) -> Service:
 def stack_services(settings: Settings) -> list[Service]:
     """The services ``make up`` owns, in start order."""
     services = []
-    if settings.eventlog.backend == "redis" and settings.eventlog.embedded:
-        services.append(
-            redis_service(
-                "eventlog",
-                settings.eventlog.redis_url,
-                settings.state_path / "eventlog",
-                settings.eventlog.appendfsync,
-            )
-        )
+    if settings.eventlog.embedded:
+        services.append(kafka_service(settings))
     if settings.online_store.embedded:
         services.append(redis_service("online-store", settings.online_store.url, settings.state_path / "online-store"))
     if settings.s3.embedded:
