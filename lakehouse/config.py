@@ -74,7 +74,6 @@ class S3Settings(BaseModel):
 
 class LakehouseSettings(BaseModel):
     root: str = ".state/lakehouse"
-    delta_writer: Literal["delta-rs", "spark"] = "delta-rs"
     # time travel window: VACUUM never deletes files a version younger than this still needs
     retention_hours: int = Field(default=168, ge=0)
     # how long the Delta log (and so the list of versions) is kept
