@@ -147,13 +147,17 @@ def _latency(settings: Settings, after_version: int, rate: float, seconds: float
     q = pc.quantile(lat, q=[0.5, 0.99]).to_pylist()
     figures = {
         "rate_per_s": rate,
+        "offered_per_s": round(n / seconds, 1),  # what the generator really sent, not what it was asked for
         "seconds": seconds,
         "transactions": n,
         "p50_s": round(q[0], 3),
         "p99_s": round(q[1], 3),
         "max_s": round(pc.max(lat).as_py(), 3),
     }
-    print(f"  latency event time -> visible in silver at {rate:.0f}/s: p50 {q[0]:.2f} s, p99 {q[1]:.2f} s")
+    print(
+        f"  latency event time -> visible in silver, {n / seconds:,.0f} tx/s offered ({rate:,.0f}/s asked): "
+        f"p50 {q[0]:.2f} s, p99 {q[1]:.2f} s"
+    )
     return figures
 
 
