@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--events", type=int, default=200_000)
     parser.add_argument("--medallion-events", type=int, default=200_000, help="backlog drained through silver")
-    parser.add_argument("--live-rate", type=float, default=2000, help="live transactions/s asked for the latency figure")
+    parser.add_argument("--live-rate", type=float, default=2000, help="live transactions/s asked (latency figures)")
     parser.add_argument("--live-seconds", type=float, default=60)
     parser.add_argument("--max-records-per-trigger", type=int, default=50_000)
     parser.add_argument("--api-rate", type=float, default=1000, help="offered requests/s for the API latency")
