@@ -8,6 +8,7 @@ nothing stays queued in the client after a failure, so the caller's retry is the
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Sequence
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
@@ -112,22 +113,32 @@ class KafkaLog(EventLog):
     def _consumer(self) -> Consumer:
         return Consumer({**self._common, "group.id": "lakehouse-eventlog-reader", "enable.auto.commit": False})
 
+    def _end(self, consumer: Consumer, topic: str, partition: int) -> int:
+        """The partition's end offset; a retriable error (a broker that has just restarted and does not lead its
+        partitions yet: NOT_LEADER_FOR_PARTITION) is retried for up to ``timeout_s``."""
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            try:
+                return consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=self.timeout_s)[1]
+            except KafkaException as exc:
+                if not exc.args[0].retriable() or time.monotonic() >= deadline:
+                    raise EventLogError(
+                        f"Kafka at {self.bootstrap}: end offset of {topic}[{partition}]: {exc.args[0]}"
+                    ) from exc
+                time.sleep(0.2)
+
     def end_offsets(self, topic: str) -> dict[int, int]:
         n = self.partitions(topic)
         consumer = self._consumer()
         try:
-            return {
-                p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=self.timeout_s)[1] for p in range(n)
-            }
-        except KafkaException as exc:
-            raise EventLogError(f"Kafka at {self.bootstrap}: end offsets of {topic!r}: {exc.args[0]}") from exc
+            return {p: self._end(consumer, topic, p) for p in range(n)}
         finally:
             consumer.close()
 
     def read(self, topic: str, partition: int, start: int, end: int, batch_size: int = 5000) -> Iterator[Record]:
         consumer = self._consumer()
         try:
-            end = min(end, consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=self.timeout_s)[1])
+            end = min(end, self._end(consumer, topic, partition))
             if start >= end:
                 return
             consumer.assign([TopicPartition(topic, partition, start)])

@@ -156,12 +156,13 @@ def kafka_service(settings: Settings) -> Service:
 
 
 def _answers(bootstrap: str) -> bool:
-    """The broker serves metadata requests now."""
+    """The broker serves metadata requests and leads every partition it has: a restarted broker answers
+    metadata requests before it has loaded its logs, and until then reads fail with NOT_LEADER_FOR_PARTITION."""
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import AdminClient
 
     try:
-        AdminClient({"bootstrap.servers": bootstrap, "log_level": 0}).list_topics(timeout=2)
-        return True
+        topics = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0}).list_topics(timeout=2).topics
     except KafkaException:
         return False
+    return all(p.leader >= 0 and p.error is None for t in topics.values() for p in t.partitions.values())
