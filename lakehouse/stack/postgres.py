@@ -33,13 +33,15 @@ def _bindir() -> Path:
 
 def run_as(os_user: str) -> str | None:
     """The user to run PostgreSQL as: ``os_user`` when we are root, else ourselves (None)."""
-    if os.geteuid() != 0:
-        return None
+    return os_user if os.geteuid() == 0 else None
+
+
+def _ensure_user(os_user: str) -> None:
+    """Create ``os_user`` as a system user without a home or shell if it does not exist (at the first start)."""
     try:
         pwd.getpwnam(os_user)
     except KeyError:
         subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", os_user], check=True)
-    return os_user
 
 
 def _connect_args(uri: str) -> dict:
@@ -65,6 +67,8 @@ def postgres_service(settings: Settings) -> Service:
     bindir = _bindir()
 
     def initdb() -> None:
+        if user is not None:
+            _ensure_user(user)
         if (data / "PG_VERSION").exists():
             return
         data.mkdir(parents=True, exist_ok=True)
