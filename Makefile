@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 export PYSPARK_PYTHON := $(abspath $(PY))
 export PYSPARK_DRIVER_PYTHON := $(abspath $(PY))
 
-.PHONY: install up down status stream serve traffic test test-unit lint format clean-state bench optimize backfill reference training-set train evaluate promote models prometheus report notebooks e2e
+.PHONY: install up down status stream serve traffic test test-unit lint format clean-state bench optimize backfill reference training-set train evaluate promote models prometheus report quality-report notebooks e2e
 
 install: $(VENV)/.installed  ## create the venv and install the project and its dev extras; apt: Java, Redis, PostgreSQL, Chromium, Prometheus
 
@@ -90,6 +90,9 @@ notebooks: up  ## execute notebooks/*.ipynb in place against the stack (LAKEHOUS
 
 report: up  ## model and data monitoring report of event dates FROM..TO (default: the newest days of gold.decisions), HTML + PNG
 	$(PY) -m monitoring report $(if $(FROM),--from $(FROM)) $(if $(TO),--to $(TO)) $(if $(OUT),--out $(OUT)) $(REPORT_ARGS)
+
+quality-report: up  ## GX suites on the newest DAYS (default 7) of silver.transactions and the gold daily tables; Data Docs (HTML)
+	$(PY) -m lakehouse.quality report $(if $(DAYS),--days $(DAYS))
 
 reference: up  ## load conf/reference/*.csv into the silver reference tables (upsert)
 	$(PY) -m silver.reference load

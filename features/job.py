@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 import pyarrow as pa
 import pyarrow.compute as pc
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery
 
 from features import online
@@ -37,8 +38,7 @@ from features.store import OnlineStore, StateCache
 from features.tables import MARKET_FEATURES_TABLE, TRANSACTION_FEATURES_TABLE, feature_fields
 from lakehouse import delta
 from lakehouse.config import Settings
-from lakehouse.delta_source import read_delta_stream
-from lakehouse.streaming import checkpoint_dir, query_id, start_batches
+from lakehouse.streaming import QueryIds, checkpoint_dir, start_batches
 from lakehouse.tables import TS, TableSpec, conform, ensure
 from silver.tables import MARKET_TICKS, TRANSACTIONS
 
@@ -72,6 +72,8 @@ class FeatureBatch:
         self.settings, self.name, self.output = settings, name, output
         self.cache = StateCache(OnlineStore(settings), settings.features.cache_entities)
         self.retention_ms = online.raw_retention_ms(settings.streaming.allowed_lateness_s)
+        self.query_id = QueryIds(checkpoint_dir(settings, name))
+        self.app_id = ""
 
     def compute(self, changes: pa.Table) -> tuple[pa.Table, list[dict], set, str]:
         """(key columns, feature rows, states touched, a note for the progress line) of one batch."""
@@ -79,6 +81,7 @@ class FeatureBatch:
 
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
         t0 = time.monotonic()
+        self.app_id = self.query_id(batch.sparkSession)
         changes = batch.toArrow()
         if changes.num_rows == 0:
             return
@@ -108,7 +111,7 @@ class FeatureBatch:
             self.settings,
             self.output.uri(self.settings),
             conform(out, self.output, feature_version=version, computed_at=now),
-            app_id=query_id(checkpoint_dir(self.settings, self.name)),
+            app_id=self.app_id,
             batch_id=batch_id,
             partition_by=self.output.partition_by,
         )
@@ -124,7 +127,7 @@ class TransactionFeaturesBatch(FeatureBatch):
     def after_write(self, batch_id: int, keys: pa.Table, rows: list[dict]) -> str | None:
         if self.decisions is None:
             return None
-        return self.decisions(query_id(checkpoint_dir(self.settings, self.name)), batch_id, self._txs, rows)
+        return self.decisions(self.app_id, batch_id, self._txs, rows)
 
     def compute(self, changes: pa.Table) -> tuple[pa.Table, list[dict], set, str]:
         inserts = changes.filter(pc.equal(changes["_change_type"], "insert"))
@@ -150,7 +153,7 @@ class MarketFeaturesBatch(FeatureBatch):
     def after_write(self, batch_id: int, keys: pa.Table, rows: list[dict]) -> str | None:
         if self.anomalies is None:
             return None
-        return self.anomalies(query_id(checkpoint_dir(self.settings, self.name)), batch_id, keys.to_pylist(), rows)
+        return self.anomalies(self.app_id, batch_id, keys.to_pylist(), rows)
 
     def compute(self, ticks: pa.Table) -> tuple[pa.Table, list[dict], set, str]:
         ticks = ticks.append_column("ts", millis(ticks["event_time"]))
@@ -169,8 +172,9 @@ def start(spark: SparkSession, settings: Settings, trigger: dict | None = None) 
         from serving.stream import DecisionStage
 
         decisions, anomalies = DecisionStage(settings), MarketAnomalyStage(settings)
-    tx = read_delta_stream(spark, settings, TRANSACTIONS.uri(settings)).select(*TX_COLUMNS)
-    ticks = read_delta_stream(spark, settings, MARKET_TICKS.uri(settings)).select(
+    changes = delta.read_stream(spark, TRANSACTIONS.uri(settings), change_feed=True)
+    tx = changes.where(F.col("_change_type").isin("insert", "update_postimage")).select(*TX_COLUMNS)
+    ticks = delta.read_stream(spark, MARKET_TICKS.uri(settings)).select(
         "symbol", "event_time", "price", "event_date"
     )
     return [

@@ -15,7 +15,6 @@ import time
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as dtime
 
-import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -24,8 +23,7 @@ from features.definitions import FEATURE_VERSION, LOOKBACK
 from features.tables import training_set_spec
 from lakehouse import delta
 from lakehouse.config import Settings
-from lakehouse.delta_source import event_date_range, read_delta
-from lakehouse.tables import TS, conform, ensure
+from lakehouse.tables import conform_df, ensure
 from silver.tables import TRANSACTIONS
 
 
@@ -34,7 +32,7 @@ def label_cutoff(end: date, label_delay: timedelta) -> datetime:
 
 
 def _silver(spark: SparkSession, settings: Settings, start: date, end: date) -> DataFrame:
-    return read_delta(spark, settings, TRANSACTIONS.uri(settings), partition_filter=event_date_range(start, end))
+    return delta.read_days(spark, TRANSACTIONS.uri(settings), start, end)
 
 
 def training_rows(tx: DataFrame, labels: DataFrame, start: date, end: date, cutoff: datetime) -> DataFrame:
@@ -77,19 +75,16 @@ def build(
         tx = _silver(spark, settings, history, hi)
         # labels of older transactions can be reported inside the window: read them further back
         labels = offline.fraud_label_events(_silver(spark, settings, history - horizon, hi))
-        rows = training_rows(tx, labels, lo, hi, cutoff).toArrow()
-        n = rows.num_rows
-        now = pa.array([datetime.now(UTC)] * n, TS)
-        delta.write_batch(
-            settings,
-            uri,
-            conform(rows, spec, feature_version=pa.array([FEATURE_VERSION] * n, pa.string()), built_at=now),
-            app_id=f"training-set/{table}",
-            batch_id=time.time_ns(),
-            partition_by=spec.partition_by,
-            mode="overwrite",
-            predicate=delta.date_predicate(delta.days(lo, hi)),
+        rows = conform_df(
+            training_rows(tx, labels, lo, hi, cutoff),
+            spec,
+            feature_version=F.lit(FEATURE_VERSION),
+            built_at=F.current_timestamp(),
         )
+        app_id, run, started_ms = f"training-set/{table}", time.time_ns(), int(time.time() * 1000)
+        delta.write_batch_spark(rows, uri, app_id=app_id, batch_id=run, partition_by=spec.partition_by,
+                                replace_where=delta.days_predicate(lo, hi))  # fmt: skip
+        n = delta.commit_of(spark, uri, app_id, run, started_ms)[0]
         total += n
         elapsed = time.monotonic() - t0
         print(

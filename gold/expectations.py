@@ -1,47 +1,64 @@
-"""Silver→gold expectations for the daily aggregate tables (pandera-polars, run by ``lakehouse.quality``)."""
+"""Silver→gold expectations for the daily aggregate tables (Great Expectations suites, run by
+``lakehouse.quality`` on Spark DataFrames)."""
 
 from __future__ import annotations
 
-import polars as pl
-from pandera.polars import Check, Column, DataFrameSchema, PolarsData
+from lakehouse import quality
+from lakehouse.quality import Derived, Suite
 
-from lakehouse.quality import Suite
+gxe = quality.gx().expectations
 
 # fraud_amount may exceed amount_sum by float rounding only (the two are sums over different row sets)
 REL_EPSILON = 1e-9
 ABS_EPSILON = 1e-6
+AMOUNT_SUM_TOLERATED = Derived(
+    "__amount_sum_tolerated", f"amount_sum + abs(amount_sum) * {REL_EPSILON!r} + {ABS_EPSILON!r}", ("amount_sum",)
+)
 
 
-def _fraud_count_le_txn_count(data: PolarsData) -> pl.LazyFrame:
-    return data.lazyframe.select(pl.col("fraud_count") <= pl.col("txn_count"))
+def _column(name: str, spark_type: str, *checks) -> list:
+    return [
+        gxe.ExpectColumnToExist(column=name),
+        gxe.ExpectColumnValuesToBeOfType(column=name, type_=spark_type),
+        gxe.ExpectColumnValuesToNotBeNull(column=name),
+        *checks,
+    ]
 
 
-def _fraud_amount_le_amount_sum(data: PolarsData) -> pl.LazyFrame:
-    amount_sum = pl.col("amount_sum")
-    return data.lazyframe.select(pl.col("fraud_amount") <= amount_sum + amount_sum.abs() * REL_EPSILON + ABS_EPSILON)
+def _non_negative(name: str):
+    # GX keeps the bound as 0.0: the name keeps the integer the check always had
+    return gxe.ExpectColumnValuesToBeBetween(
+        column=name, min_value=0, meta={"check": f"{name}:greater_than_or_equal_to(0)"}
+    )
 
 
-def daily_schema(name: str, key: str, also_keyed_by: tuple[str, ...] = ()) -> DataFrameSchema:
+def daily_expectations(key: str, also_keyed_by: tuple[str, ...] = ()) -> list:
     """A daily aggregate keyed by (event_date, ``key``, *``also_keyed_by``): one row per key, non-null
     ``key``, non-negative counts and amounts, fraud within the totals."""
-    return DataFrameSchema(
-        {
-            "event_date": Column(pl.Date, nullable=False),
-            key: Column(pl.String, nullable=False),
-            "txn_count": Column(pl.Int64, checks=[Check.ge(0)], nullable=False),
-            "amount_sum": Column(pl.Float64, checks=[Check.ge(0)], nullable=False),
-            "fraud_count": Column(pl.Int64, checks=[Check.ge(0)], nullable=False),
-            "fraud_amount": Column(pl.Float64, checks=[Check.ge(0)], nullable=False),
-        },
-        checks=[
-            Check(_fraud_count_le_txn_count, name="fraud_count_le_txn_count"),
-            Check(_fraud_amount_le_amount_sum, name="fraud_amount_le_amount_sum"),
-        ],
-        unique=["event_date", key, *also_keyed_by],
-        strict=False,
-        coerce=False,
-        name=name,
-    )
+    return [
+        *_column("event_date", "DateType"),
+        *_column(key, "StringType"),
+        *_column("txn_count", "LongType", _non_negative("txn_count")),
+        *_column("amount_sum", "DoubleType", _non_negative("amount_sum")),
+        *_column("fraud_count", "LongType", _non_negative("fraud_count")),
+        *_column("fraud_amount", "DoubleType", _non_negative("fraud_amount")),
+        # key columns that are all null are not compared (GX's default); a null key fails key:not_nullable
+        gxe.ExpectCompoundColumnsToBeUnique(column_list=["event_date", key, *also_keyed_by]),
+        gxe.ExpectColumnPairValuesAToBeGreaterThanB(
+            column_A="txn_count",
+            column_B="fraud_count",
+            or_equal=True,
+            ignore_row_if="either_value_is_missing",
+            meta={"check": "fraud_count_le_txn_count"},
+        ),
+        gxe.ExpectColumnPairValuesAToBeGreaterThanB(
+            column_A=AMOUNT_SUM_TOLERATED.column,
+            column_B="fraud_amount",
+            or_equal=True,
+            ignore_row_if="either_value_is_missing",
+            meta={"check": "fraud_amount_le_amount_sum"},
+        ),
+    ]
 
 
 def daily_suite(
@@ -52,7 +69,13 @@ def daily_suite(
     max_staleness_s: float | None = None,
 ) -> Suite:
     """The suite of one daily aggregate table (freshness optional: gold recomputes old days too)."""
-    return Suite(name, daily_schema(name, key, also_keyed_by), freshness_column, max_staleness_s)
+    return Suite(
+        name,
+        daily_expectations(key, also_keyed_by),
+        freshness_column,
+        max_staleness_s,
+        derived=(AMOUNT_SUM_TOLERATED,),
+    )
 
 
 # the daily aggregates of gold/tables.py (fraud_summary_daily has other measures: total_count, total_amount)

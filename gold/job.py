@@ -1,8 +1,9 @@
 """The gold streaming jobs: silver changes → the event dates they touch → those dates' aggregates recomputed.
 
-A gold batch collects the event dates of the silver rows that changed (inserts, late arrivals within the
-allowed lateness, label MERGEs), recomputes every aggregate of those dates from silver and replaces exactly
-those partitions (``overwrite`` where ``event_date IN (...)``), recording the batch as a Delta app transaction.
+A gold batch takes the event dates of the silver rows that changed (inserts, late arrivals within the allowed
+lateness, label MERGEs: Spark's Delta source over silver's change data feed), recomputes every aggregate of
+those dates from silver and replaces exactly those partitions (Delta's dynamic partition overwrite), recording
+the batch as a Delta app transaction. It all runs on the executors: the dates never reach the driver.
 Recomputing whole days keeps gold correct under late data and label updates at the cost of re-reading the
 day; gold runs on a slower trigger than silver (``streaming.gold_trigger_seconds``).
 """
@@ -13,10 +14,9 @@ import functools
 import sys
 import time
 from collections.abc import Callable
-from datetime import UTC, date, datetime
 
-import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery
 
 from gold import transforms
@@ -31,9 +31,8 @@ from gold.tables import (
 )
 from lakehouse import delta
 from lakehouse.config import Settings
-from lakehouse.delta_source import read_delta, read_delta_stream
-from lakehouse.streaming import checkpoint_dir, query_id, start_batches
-from lakehouse.tables import TS, TableSpec, conform, ensure
+from lakehouse.streaming import QueryIds, checkpoint_dir, start_batches
+from lakehouse.tables import TableSpec, conform_df, ensure
 from silver.tables import MARKET_TICKS, TRANSACTIONS
 
 Aggregate = Callable[[DataFrame], DataFrame]
@@ -52,35 +51,30 @@ def recompute(
     settings: Settings,
     source: TableSpec,
     outputs: list[tuple[TableSpec, Aggregate]],
-    dates: list[date],
+    days: DataFrame,
     *,
     app_id: str,
     batch_id: int,
 ) -> dict[str, int]:
-    """Recompute ``outputs`` for ``dates`` from ``source`` and replace those partitions; rows written per table."""
-    days = [["event_date", "in", [d.isoformat() for d in dates]]]
-    silver = read_delta(spark, settings, source.uri(settings), partition_filter=days)
+    """Recompute ``outputs`` for the event dates in ``days`` (a one-column DataFrame) from ``source`` and replace
+    exactly those dates' partitions (dynamic partition overwrite); rows written per table."""
+    days = F.broadcast(days.where(F.col("event_date").isNotNull()).distinct())
+    silver = delta.read(spark, source.uri(settings)).join(days, "event_date", "left_semi")
     if source is TRANSACTIONS:  # the stream's decisions of those days (gold.decisions), where there are any
-        decisions = read_delta(spark, settings, ensure(settings, DECISIONS_TABLE), partition_filter=days)
+        decisions = delta.read(spark, ensure(settings, DECISIONS_TABLE)).join(days, "event_date", "left_semi")
         silver = transforms.with_decisions(silver, decisions)
-    silver = silver.cache()
+    silver = silver.persist()
     written = {}
+    started_ms = int(time.time() * 1000)
     try:
         for spec, aggregate in outputs:
-            ensure(settings, spec)
-            table = aggregate(silver).toArrow()
-            now = pa.array([datetime.now(UTC)] * table.num_rows, TS)
-            delta.write_batch(
-                settings,
-                spec.uri(settings),
-                conform(table, spec, computed_at=now),
-                app_id=f"{app_id}/{spec.name}",
-                batch_id=batch_id,
-                partition_by=spec.partition_by,
-                mode="overwrite",
-                predicate=delta.date_predicate(dates),
+            uri = ensure(settings, spec)
+            rows = conform_df(aggregate(silver), spec, computed_at=F.current_timestamp())
+            out_app = f"{app_id}/{spec.name}"
+            delta.write_batch_spark(
+                rows, uri, app_id=out_app, batch_id=batch_id, partition_by=spec.partition_by, replace_partitions=True
             )
-            written[spec.full_name] = table.num_rows
+            written[spec.full_name] = delta.commit_of(spark, uri, out_app, batch_id, started_ms)[0]
     finally:
         silver.unpersist()
     return written
@@ -89,20 +83,25 @@ def recompute(
 class GoldBatch:
     """foreachBatch of a gold query over the change feed of one silver table."""
 
-    def __init__(self, spark: SparkSession, settings: Settings, name: str, source: TableSpec, outputs):
-        self.spark, self.settings, self.name, self.source, self.outputs = spark, settings, name, source, outputs
+    def __init__(self, settings: Settings, name: str, source: TableSpec, outputs):
+        self.settings, self.name, self.source, self.outputs = settings, name, source, outputs
+        self.query_id = QueryIds(checkpoint_dir(settings, name))
 
     def __call__(self, batch: DataFrame, batch_id: int) -> None:
         t0 = time.monotonic()
-        dates = [r[0] for r in batch.select("event_date").distinct().collect() if r[0] is not None]
-        if not dates:
-            return
-        app_id = query_id(checkpoint_dir(self.settings, self.name))
-        written = recompute(
-            self.spark, self.settings, self.source, self.outputs, dates, app_id=app_id, batch_id=batch_id
-        )
+        spark = batch.sparkSession
+        days = batch.select("event_date").where(F.col("event_date").isNotNull()).distinct().persist()
+        try:
+            n = days.count()
+            if not n:
+                return
+            written = recompute(
+                spark, self.settings, self.source, self.outputs, days, app_id=self.query_id(spark), batch_id=batch_id
+            )
+        finally:
+            days.unpersist()
         print(
-            f"[{self.name}] batch {batch_id}: {len(dates)} day(s) recomputed "
+            f"[{self.name}] batch {batch_id}: {n} day(s) recomputed "
             f"({', '.join(f'{k} {v}' for k, v in written.items())}) in {time.monotonic() - t0:.2f} s",
             file=sys.stderr,
             flush=True,
@@ -118,8 +117,11 @@ def start(spark: SparkSession, settings: Settings, trigger: dict | None = None) 
         ("gold.daily", (TRANSACTIONS, DECISIONS_TABLE), GOLD_FROM_TRANSACTIONS),
         ("gold.market", (MARKET_TICKS,), GOLD_FROM_TICKS),
     ):
-        streams = [read_delta_stream(spark, settings, ensure(settings, s)).select("event_date") for s in sources]
+        streams = [
+            delta.read_stream(spark, ensure(settings, s), change_feed=s.change_data_feed).select("event_date")
+            for s in sources
+        ]
         changes = functools.reduce(DataFrame.unionByName, streams)
-        handler = GoldBatch(spark, settings, name, sources[0], outputs)
+        handler = GoldBatch(settings, name, sources[0], outputs)
         queries.append(start_batches(settings, name, changes, handler, trigger=trigger))
     return queries

@@ -12,45 +12,36 @@ import sys
 import time
 from datetime import UTC, date, datetime, timedelta
 
-import pyarrow as pa
-from pyspark.sql import SparkSession
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from gold.job import GOLD_FROM_TICKS, GOLD_FROM_TRANSACTIONS, recompute
 from lakehouse import delta, quality
 from lakehouse.config import Settings, get_settings
-from lakehouse.delta_source import event_date_range, read_delta
 from lakehouse.spark import get_spark
-from lakehouse.tables import TS, TableSpec, conform, get
+from lakehouse.tables import TableSpec, conform_df, get
 from silver import expectations
 from silver.job import ReferenceCache, ensure_tables
 from silver.tables import MARKET_TICKS, TRANSACTIONS
 from silver.transforms import classify, enrich, latest_labels, parse_events
 
 
-def _bronze(spark: SparkSession, settings: Settings, table: str, start: date, end: date):
-    uri = get(f"bronze.{table}").uri(settings)
-    return read_delta(spark, settings, uri, partition_filter=event_date_range(start, end))
+def _bronze(spark: SparkSession, settings: Settings, table: str, start: date, end: date) -> DataFrame:
+    return delta.read_days(spark, get(f"bronze.{table}").uri(settings), start, end)
 
 
-def _replace(settings: Settings, spec: TableSpec, rows: pa.Table, dates: list[date], app_id: str) -> None:
-    now = pa.array([datetime.now(UTC)] * rows.num_rows, TS)
-    delta.write_batch(
-        settings,
-        spec.uri(settings),
-        conform(rows, spec, processed_at=now),
-        app_id=app_id,
-        batch_id=0,
-        partition_by=spec.partition_by,
-        mode="overwrite",
-        predicate=delta.date_predicate(dates),
-    )
+def _replace(spec: TableSpec, uri: str, rows: DataFrame, start: date, end: date, app_id: str) -> int:
+    """Replace the dates ``start``..``end`` of ``spec`` with ``rows``; the rows written."""
+    started_ms = int(time.time() * 1000)
+    rows = conform_df(rows, spec, processed_at=F.current_timestamp())
+    delta.write_batch_spark(rows, uri, app_id=app_id, batch_id=0, partition_by=spec.partition_by,
+                            replace_where=delta.days_predicate(start, end))  # fmt: skip
+    return delta.commit_of(rows.sparkSession, uri, app_id, 0, started_ms)[0]
 
 
 def backfill(spark: SparkSession, settings: Settings, start: date, end: date) -> dict[str, int]:
     """Rebuild silver and gold for event dates ``start``..``end``; returns rows written per table."""
     ensure_tables(settings)
-    dates = delta.days(start, end)
     run_id = f"backfill/{datetime.now(UTC):%Y%m%dT%H%M%S%f}"
     refs = ReferenceCache(spark, settings).frames()
     tx = classify(
@@ -66,13 +57,24 @@ def backfill(spark: SparkSession, settings: Settings, start: date, end: date) ->
         refs["terminals"],
         refs["devices"],
     )
-    labelled = new.join(labels, "transaction_id", "left").withColumn(
-        "labeled_at", F.when(F.col("label").isNotNull(), F.current_timestamp())
+    labelled = (
+        new.join(labels, "transaction_id", "left")
+        .withColumn("labeled_at", F.when(F.col("label").isNotNull(), F.current_timestamp()))
+        .persist()
     )
-    suite = expectations.transactions_suite()
-    checked = quality.run(suite, labelled.toArrow(), datetime.now(UTC))
-    quality.record(settings, checked, suite=suite.name, table_name=TRANSACTIONS.full_name, app_id=run_id, batch_id=0)
-    _replace(settings, TRANSACTIONS, checked.passed, dates, run_id)
+    try:
+        suite = expectations.transactions_suite()
+        checked = quality.run(suite, labelled, datetime.now(UTC))
+        quality.record(
+            settings, checked, suite=suite.name, table_name=TRANSACTIONS.full_name, app_id=run_id, batch_id=0
+        )
+        written = {
+            TRANSACTIONS.full_name: _replace(
+                TRANSACTIONS, TRANSACTIONS.uri(settings), checked.passed, start, end, run_id
+            )
+        }
+    finally:
+        labelled.unpersist()
 
     ticks = classify(
         parse_events(_bronze(spark, settings, "market_ticks", start, end), "market_tick"),
@@ -80,11 +82,10 @@ def backfill(spark: SparkSession, settings: Settings, start: date, end: date) ->
         None,
     )
     tick_rows = ticks.where(F.col("silver_status") == "new").drop("silver_status", "payload")
-    tick_arrow = tick_rows.toArrow()
-    _replace(settings, MARKET_TICKS, tick_arrow, dates, run_id)
-    written = {TRANSACTIONS.full_name: checked.passed.num_rows, MARKET_TICKS.full_name: tick_arrow.num_rows}
-    written |= recompute(spark, settings, TRANSACTIONS, GOLD_FROM_TRANSACTIONS, dates, app_id=run_id, batch_id=0)
-    written |= recompute(spark, settings, MARKET_TICKS, GOLD_FROM_TICKS, dates, app_id=run_id, batch_id=0)
+    written[MARKET_TICKS.full_name] = _replace(MARKET_TICKS, MARKET_TICKS.uri(settings), tick_rows, start, end, run_id)
+    days = spark.createDataFrame([(d,) for d in delta.days(start, end)], "event_date date")
+    written |= recompute(spark, settings, TRANSACTIONS, GOLD_FROM_TRANSACTIONS, days, app_id=run_id, batch_id=0)
+    written |= recompute(spark, settings, MARKET_TICKS, GOLD_FROM_TICKS, days, app_id=run_id, batch_id=0)
     return written
 
 

@@ -248,6 +248,8 @@ class SparkSettings(BaseModel):
     # the JVM parts (delta-spark, the Kafka source, S3A) fetched by `make install` from Maven Central (jvm/spark)
     jars_dir: str = ".jars/spark"
     checkpoint_root: str = ".state/checkpoints"
+    # any other Spark settings, applied last (e.g. LAKEHOUSE__SPARK__CONF='{"spark.driver.maxResultSize": "1m"}')
+    conf: dict[str, str] = {}
 
 
 class TrafficSettings(BaseModel):

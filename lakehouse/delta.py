@@ -11,16 +11,21 @@ Two writers produce the same Delta protocol:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Collection, Sequence
-from datetime import date, timedelta
+from collections.abc import Callable, Collection, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
+from delta.tables import DeltaMergeBuilder
+from delta.tables import DeltaTable as SparkDeltaTable
 from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from deltalake.exceptions import CommitFailedError, TableNotFoundError
 from deltalake.table import TableMerger
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 
 from lakehouse.config import Settings
 from lakehouse.storage import storage_options
@@ -157,46 +162,187 @@ def batch_tag(app_id: str, batch_id: int) -> str:
     return f"batch {batch_id} of {app_id}"
 
 
+_TXN_APP, _TXN_VERSION = "spark.databricks.delta.write.txnAppId", "spark.databricks.delta.write.txnVersion"
+_USER_METADATA = "spark.databricks.delta.commitInfo.userMetadata"
+# another writer (OPTIMIZE, a backfill) committed what this one read: the write is re-run on the new snapshot
+_CONFLICTS = (
+    "ConcurrentAppendException",
+    "ConcurrentDeleteReadException",
+    "ConcurrentDeleteDeleteException",
+    "ConcurrentTransactionException",
+    "MetadataChangedException",
+)
+
+
+@contextmanager
+def idempotent(spark: SparkSession, app_id: str, batch_id: int) -> Iterator[None]:
+    """Every Delta write and MERGE of ``spark`` inside is an app transaction (``app_id``, ``batch_id``): Delta
+    skips it on a table that already has that transaction, and tags its commit with ``batch_tag``.
+
+    The session of a ``foreachBatch`` DataFrame is the query's own clone, so concurrent queries don't share
+    these settings."""
+    conf = spark.conf
+    conf.set(_TXN_APP, app_id)
+    conf.set(_TXN_VERSION, str(batch_id))
+    conf.set(_USER_METADATA, batch_tag(app_id, batch_id))
+    try:
+        yield
+    finally:
+        for key in (_TXN_APP, _TXN_VERSION, _USER_METADATA):
+            conf.unset(key)
+
+
+def _conflict(exc: Exception) -> bool:
+    return any(name in type(exc).__name__ or name in str(exc)[:300] for name in _CONFLICTS)
+
+
+def _retrying(write: Callable[[], None], attempts: int = 5) -> None:
+    for attempt in range(attempts):
+        try:
+            return write()
+        except Exception as exc:
+            if not _conflict(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+
+
 def write_batch_spark(
-    df,
+    df: DataFrame,
     uri: str,
     *,
     app_id: str,
     batch_id: int,
     partition_by: Sequence[str] | None = None,
     mode: str = "append",
+    replace_partitions: bool = False,
+    replace_where: str | None = None,
+    merge_schema: bool = False,
 ) -> None:
     """Spark's Delta writer, idempotent per streaming batch (``txnAppId``/``txnVersion``: Delta skips a batch
-    of ``app_id`` whose id is not newer than the one it recorded)."""
+    of ``app_id`` whose id is not newer than the one it recorded). ``replace_partitions`` overwrites exactly
+    the partitions ``df`` has rows in (dynamic partition overwrite); ``replace_where`` (a predicate) overwrites the
+    rows matching it."""
     writer = (
         df.write.format("delta")
-        .mode(mode)
+        .mode("overwrite" if replace_partitions or replace_where else mode)
         .option("txnAppId", app_id)
         .option("txnVersion", batch_id)
         .option("userMetadata", batch_tag(app_id, batch_id))
     )
+    if replace_partitions:
+        writer = writer.option("partitionOverwriteMode", "dynamic")
+    if replace_where:
+        writer = writer.option("replaceWhere", replace_where)
+    if merge_schema:
+        writer = writer.option("mergeSchema", "true")
     if partition_by:
         writer = writer.partitionBy(*partition_by)
-    writer.save(uri)
+    _retrying(lambda: writer.save(uri))
 
 
-def commit_of(spark, uri: str, app_id: str, batch_id: int, since_ms: int, search: int = 50) -> tuple[int, bool]:
-    """(rows written, whether the commit is new since ``since_ms``) of the commit of (``app_id``, ``batch_id``);
-    (0, False) if it is not among the last ``search`` commits. Reads the Delta log only."""
-    from delta.tables import DeltaTable
-    from pyspark.sql import functions as F
+def merge_batch_spark(
+    source: DataFrame,
+    uri: str,
+    condition: str,
+    clauses: Callable[[DeltaMergeBuilder], DeltaMergeBuilder],
+    *,
+    app_id: str,
+    batch_id: int,
+    evolve_schema: bool = False,
+) -> dict[str, int]:
+    """MERGE ``source`` (alias ``s``) into the table at ``uri`` (alias ``t``) once per (``app_id``,
+    ``batch_id``); returns the MERGE's metrics (of the original commit when the batch is replayed).
 
-    found = (
-        DeltaTable.forPath(spark, uri)
+    ``clauses`` adds the WHEN clauses, e.g. ``lambda m: m.whenNotMatchedInsertAll()``."""
+    spark = source.sparkSession
+
+    def merge() -> None:
+        builder = SparkDeltaTable.forPath(spark, uri).alias("t").merge(source.alias("s"), condition)
+        if evolve_schema:  # a field a newer contract version added becomes a new column
+            builder = builder.withSchemaEvolution()
+        clauses(builder).execute()
+
+    with idempotent(spark, app_id, batch_id):
+        _retrying(merge)
+    return commit_metrics(spark, uri, app_id, batch_id)
+
+
+def commit_metrics(spark: SparkSession, uri: str, app_id: str, batch_id: int, search: int = 50) -> dict[str, int]:
+    """The operation metrics of the commit of (``app_id``, ``batch_id``) ({} if not among the last ``search``)."""
+    found = _tagged_commit(spark, uri, app_id, batch_id, search)
+    return {} if found is None else {k: int(v) for k, v in (found["operationMetrics"] or {}).items()}
+
+
+def _tagged_commit(spark: SparkSession, uri: str, app_id: str, batch_id: int, search: int):
+    return (
+        SparkDeltaTable.forPath(spark, uri)
         .history(search)
         .where(F.col("userMetadata") == batch_tag(app_id, batch_id))
         .select("timestamp", "operationMetrics")
         .first()
     )
+
+
+def commit_of(spark, uri: str, app_id: str, batch_id: int, since_ms: int, search: int = 50) -> tuple[int, bool]:
+    """(rows written, whether the commit is new since ``since_ms``) of the commit of (``app_id``, ``batch_id``);
+    (0, False) if it is not among the last ``search`` commits. Reads the Delta log only."""
+    found = _tagged_commit(spark, uri, app_id, batch_id, search)
     if found is None:
         return 0, False
     rows = int((found["operationMetrics"] or {}).get("numOutputRows", 0))
     return rows, found["timestamp"].timestamp() * 1000 >= since_ms - 1000
+
+
+def latest_version(spark: SparkSession, uri: str) -> int:
+    """The table's current version (reads the Delta log only)."""
+    return SparkDeltaTable.forPath(spark, uri).history(1).select("version").first()[0]
+
+
+def read(
+    spark: SparkSession, uri: str, version: int | None = None, timestamp: datetime | str | None = None
+) -> DataFrame:
+    """The table with Spark's Delta reader (optionally as of an earlier ``version`` or ``timestamp``)."""
+    reader = spark.read.format("delta")
+    if version is not None:
+        reader = reader.option("versionAsOf", version)
+    if timestamp is not None:
+        if isinstance(timestamp, datetime):  # the session's time zone is UTC (lakehouse.spark)
+            timestamp = timestamp.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+        reader = reader.option("timestampAsOf", timestamp)
+    return reader.load(uri)
+
+
+def read_days(spark: SparkSession, uri: str, start: date, end: date, column: str = "event_date") -> DataFrame:
+    """The table's rows dated ``start``..``end`` (both included; partitions outside are pruned)."""
+    return read(spark, uri).where(F.col(column).between(F.lit(start), F.lit(end)))
+
+
+def days_predicate(start: date, end: date, column: str = "event_date") -> str:
+    """A Delta predicate (``replaceWhere``) selecting the dates ``start``..``end``, both included."""
+    return f"{column} >= '{start.isoformat()}' AND {column} <= '{end.isoformat()}'"
+
+
+def read_stream(
+    spark: SparkSession,
+    uri: str,
+    *,
+    change_feed: bool = False,
+    max_files: int | None = None,
+    starting_version: int | None = None,
+) -> DataFrame:
+    """The table as a stream (Spark's Delta source): appended rows, or with ``change_feed`` every change
+    (``_change_type``: insert, update_preimage/postimage, delete; ``_commit_version``, ``_commit_timestamp``).
+
+    A new query starts with the table's current rows (as inserts), then its changes; ``starting_version`` skips
+    the snapshot and starts with the changes of that version."""
+    reader = spark.readStream.format("delta")
+    if change_feed:
+        reader = reader.option("readChangeFeed", "true")
+    if starting_version is not None:
+        reader = reader.option("startingVersion", starting_version)
+    if max_files is not None:
+        reader = reader.option("maxFilesPerTrigger", max_files)
+    return reader.load(uri)
 
 
 def read_arrow(

@@ -1,42 +1,55 @@
-"""Table maintenance: OPTIMIZE (compact small files), VACUUM, checkpoints and log cleanup, time travel.
+"""Table maintenance on delta-spark: OPTIMIZE (compact small files), VACUUM, checkpoints; time travel (delta-rs).
 
-Streaming micro-batches leave many small files per partition; ``optimize`` rewrites the partitions that hold at
-least ``lakehouse.compact_min_files`` of them into files of about ``lakehouse.target_file_mb``. Its commits carry
-``dataChange=false``, so change-data readers (``load_cdf``, the ``deltars`` stream source) do not see the
-compacted rows again. ``vacuum`` deletes files no version younger than ``lakehouse.retention_hours`` needs, and
-``checkpoint_and_cleanup`` writes a checkpoint and drops log files older than ``lakehouse.log_retention_days``.
+Streaming micro-batches leave many small files per partition; ``optimize`` compacts the partitions that hold at
+least ``lakehouse.compact_min_files`` of them into files of about ``lakehouse.target_file_mb`` (Delta's
+``OPTIMIZE``). Its commits carry ``dataChange=false``, so change-data readers (Spark's Delta streaming source,
+with or without ``readChangeFeed``) do not see the compacted rows again. ``vacuum`` (Delta's ``VACUUM``) deletes
+the files no version younger than the retention window needs, and ``checkpoint`` forces a Delta checkpoint, at
+which Delta also drops the log files older than the table's ``delta.logRetentionDuration``.
 
-``python -m lakehouse.maintenance optimize|vacuum|all [--table bronze.transactions ...] [--dry-run]``
-(``make optimize``) runs them over the catalog. ``docs/maintenance.md`` has the schedule and the read recipes.
+``as_of``/``open_as_of`` read a table at a version or a time with delta-rs, no JVM: the API and the notebooks use
+them.
+
+``python -m lakehouse.maintenance optimize|vacuum|checkpoint|all [--table bronze.transactions ...] [--dry-run]``
+(``make optimize``) runs the jobs over the catalog in one Spark session. ``docs/maintenance.md`` has the schedule
+and the read recipes.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import re
 import sys
 import time
-from collections import Counter
-from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
-from deltalake import CommitProperties, DeltaTable
-from deltalake.exceptions import CommitFailedError
+from deltalake import DeltaTable
 
 from lakehouse.config import Settings, get_settings
-from lakehouse.delta import open_table, table_exists
+from lakehouse.delta import open_table
 from lakehouse.storage import s3_client
 from lakehouse.tables import TableSpec, load_catalog
 
-# defaults of the Delta protocol when a table does not set the property
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+# the Delta protocol's default when a table does not set delta.deletedFileRetentionDuration; VACUUM's safety check
 _DEFAULT_FILE_RETENTION = timedelta(days=7)
-_DEFAULT_LOG_RETENTION = timedelta(days=30)
 _COMPACT_ATTEMPTS = 3
-_COMMIT = CommitProperties(custom_metadata={"maintenance.job": "lakehouse.maintenance"})
+# another writer (a MERGE) committed a rewrite of files the OPTIMIZE read: io.delta.exceptions.Concurrent*
+_CONFLICTS = ("Concurrent", "MetadataChangedException", "ProtocolChangedException")
+_MAX_FILE = "spark.databricks.delta.optimize.maxFileSize"
+_MIN_FILE = "spark.databricks.delta.optimize.minFileSize"
+_RETENTION_CHECK = "spark.databricks.delta.retentionDurationCheck.enabled"
+_VACUUM_LOGGING = "spark.databricks.delta.vacuum.logging.enabled"
 _UNITS = {
     "week": timedelta(weeks=1),
     "day": timedelta(days=1),
@@ -70,64 +83,82 @@ class OptimizeResult:
 @dataclass(frozen=True)
 class VacuumResult:
     table: str
-    files: tuple[str, ...]  # deleted (or, on a dry run, deletable), relative to the table root
-    bytes: int | None  # None when unknown (dry run on object storage)
+    files: int  # deleted (or, on a dry run, deletable)
+    bytes: int | None  # None when unknown
     retention_hours: int
     seconds: float = 0.0
     dry_run: bool = False
+    paths: tuple[str, ...] = ()  # on a dry run, the deletable files (Delta does not list the ones it deletes)
 
 
 @dataclass(frozen=True)
 class CheckpointResult:
     table: str
-    version: int
+    version: int  # the version the latest checkpoint is at
     log_files_before: int
     log_files_after: int
     seconds: float = 0.0
-    notes: tuple[str, ...] = field(default_factory=tuple)
+    written: bool = True  # False: the latest checkpoint was already at the current version
 
 
 # ---------------------------------------------------------------------------------------------- OPTIMIZE
 
 
 def optimize(
-    settings: Settings, spec_or_uri: TableSpec | str, *, min_files: int | None = None, dry_run: bool = False
+    spark: SparkSession,
+    settings: Settings,
+    spec_or_uri: TableSpec | str,
+    *,
+    min_files: int | None = None,
+    dry_run: bool = False,
 ) -> OptimizeResult:
     """Compact every partition holding at least ``min_files`` (default ``compact_min_files``) small files.
 
-    Files already at the target size do not count. One commit per partition compacted; none if no partition
-    qualifies. A partition whose commit keeps conflicting with concurrent rewrites (MERGE; appends never
-    conflict) is retried, then left for the next run and listed in ``conflicts``. ``dry_run`` only reports what
-    would be compacted.
+    Small means smaller than ``target_file_mb``, which is also the size Delta's OPTIMIZE aims for
+    (``optimize.maxFileSize``) and below which it rewrites a file (``optimize.minFileSize``). The partitions
+    chosen are compacted in one OPTIMIZE commit (``dataChange=false``); none if no partition qualifies. If a
+    concurrent rewrite (a MERGE; appends never conflict) wins, each partition is compacted on its own, retried,
+    and one that keeps conflicting is left for the next run and listed in ``conflicts``. ``dry_run`` only reports
+    what would be compacted.
     """
     name, uri = _name_uri(settings, spec_or_uri)
+    path = spark_path(uri)
     threshold = min_files if min_files is not None else settings.lakehouse.compact_min_files
     target = settings.lakehouse.target_file_mb * 1024 * 1024
     start = time.perf_counter()
-    dt = open_table(settings, uri)
-    cols, before = _add_actions(dt)
-    small = Counter(key for key, size in before if size < target)
-    chosen = sorted((key for key, n in small.items() if n >= threshold), key=str)
+    cols = _detail(spark, path)["partitionColumns"]
+    parts = _partitions(spark, path, cols, target)
+    chosen = sorted((key for key, (_, _, small) in parts.items() if small >= threshold), key=_order)
+    files_before, bytes_before = sum(p[0] for p in parts.values()), sum(p[1] for p in parts.values())
     removed = added = 0
     conflicts: list[tuple] = []
-    if not dry_run:
-        for key in chosen:
-            filters = [(col, "=", _filter_value(value)) for col, value in zip(cols, key, strict=True)]
-            dt, metrics = _compact(settings, uri, dt, filters, target)
-            if metrics is None:
-                conflicts.append(key)
-                continue
-            removed += metrics["numFilesRemoved"]
-            added += metrics["numFilesAdded"]
-        after = _add_actions(open_table(settings, uri))[1] if chosen else before
-    else:
-        removed, after = sum(small[k] for k in chosen), before
+    after = files_before, bytes_before
+    if dry_run:
+        removed = sum(parts[key][2] for key in chosen)
+    elif chosen:
+        with session_conf(spark, {_MAX_FILE: str(target), _MIN_FILE: str(target)}):
+            try:
+                metrics = [_compact(spark, path, _predicate(cols, chosen))]
+            except Exception as e:
+                if not _conflict(e):
+                    raise
+                metrics = []
+                for key in chosen:  # one partition at a time: a busy one does not hold up the others
+                    done = _compact_retrying(spark, path, _predicate(cols, [key]))
+                    if done is None:
+                        conflicts.append(key)
+                    else:
+                        metrics.append(done)
+        removed = sum(m["numFilesRemoved"] for m in metrics)
+        added = sum(m["numFilesAdded"] for m in metrics)
+        detail = _detail(spark, path)
+        after = detail["numFiles"], detail["sizeInBytes"]
     return OptimizeResult(
         table=name,
-        files_before=len(before),
-        files_after=len(after),
-        bytes_before=sum(size for _, size in before),
-        bytes_after=sum(size for _, size in after),
+        files_before=files_before,
+        files_after=after[0],
+        bytes_before=bytes_before,
+        bytes_after=after[1],
         files_removed=removed,
         files_added=added,
         partitions=tuple(_partition_label(cols, key) for key in chosen if key not in conflicts),
@@ -137,127 +168,221 @@ def optimize(
     )
 
 
-def _compact(
-    settings: Settings, uri: str, dt: DeltaTable, filters: list[tuple[str, str, str]], target: int
-) -> tuple[DeltaTable, dict[str, Any] | None]:
-    """Compact one partition, retrying on commit conflicts; None metrics if it kept conflicting."""
-    for _ in range(_COMPACT_ATTEMPTS):
+def _compact(spark: SparkSession, path: str, predicate: str | None) -> dict[str, int]:
+    """One Delta OPTIMIZE (bin-packing compaction) of the partitions matching ``predicate``; its metrics."""
+    builder = _spark_table(spark, path).optimize()
+    if predicate:
+        builder = builder.where(predicate)
+    metrics = builder.executeCompaction().select("metrics.numFilesAdded", "metrics.numFilesRemoved").first()
+    return {"numFilesAdded": int(metrics[0] or 0), "numFilesRemoved": int(metrics[1] or 0)}
+
+
+def _compact_retrying(spark: SparkSession, path: str, predicate: str | None) -> dict[str, int] | None:
+    """``_compact``, retried on commit conflicts; None if it kept conflicting."""
+    for attempt in range(_COMPACT_ATTEMPTS):
         try:
-            return dt, dt.optimize.compact(
-                partition_filters=filters or None, target_size=target, commit_properties=_COMMIT
-            )
-        except CommitFailedError:
-            dt = open_table(settings, uri)
-    return dt, None
+            return _compact(spark, path, predicate)
+        except Exception as e:
+            if not _conflict(e):
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    return None
 
 
-def _add_actions(dt: DeltaTable) -> tuple[list[str], list[tuple[tuple, int]]]:
-    """The partition columns and, per live file, (partition values, size in bytes)."""
-    cols = list(dt.metadata().partition_columns)
-    actions = pa.table(dt.get_add_actions(flatten=False))
-    sizes = actions.column("size_bytes").to_pylist()
+def _conflict(exc: Exception) -> bool:
+    text = f"{type(exc).__name__}: {str(exc)[:500]}"
+    return any(name in text for name in _CONFLICTS)
+
+
+def _partitions(spark: SparkSession, path: str, cols: list[str], target: int) -> dict[tuple, tuple[int, int, int]]:
+    """Per partition (its values as Delta's log writes them, None for null): files, bytes, files under ``target``.
+
+    Read from the live files of the current snapshot (``AddFile`` actions; no data file is opened), aggregated
+    by Spark. Delta has no public API for them: this is ``DeltaLog.forTableWithSnapshot(...)._2().allFiles()``.
+    """
+    from pyspark.sql import DataFrame
+    from pyspark.sql import functions as F
+
+    snapshot = spark._jvm.org.apache.spark.sql.delta.DeltaLog.forTableWithSnapshot(spark._jsparkSession, path)._2()
+    files = DataFrame(snapshot.allFiles().toDF(), spark)
+    keys = [F.col("partitionValues")[c].alias(f"p{i}") for i, c in enumerate(cols)]
+    rows = files.groupBy(*keys).agg(F.count("*"), F.sum("size"), F.count(F.when(F.col("size") < target, 1))).collect()
+    width = len(cols)
+    return {tuple(r[:width]): (int(r[width]), int(r[width + 1] or 0), int(r[width + 2])) for r in rows}
+
+
+def _predicate(cols: list[str], keys: list[tuple]) -> str | None:
+    """A Delta partition predicate matching exactly the partitions ``keys`` (None: the whole table)."""
     if not cols:
-        return cols, [((), size) for size in sizes]
-    parts = actions.column("partition").to_pylist()
-    return cols, [(tuple(p[c] for c in cols), size) for p, size in zip(parts, sizes, strict=True)]
+        return None
+    return " OR ".join("(" + " AND ".join(_equals(c, v) for c, v in zip(cols, key, strict=True)) + ")" for key in keys)
 
 
-def _filter_value(value: Any) -> str:
-    """A partition value as a delta-rs partition filter string (null partitions match ``""``)."""
+def _equals(col: str, value: str | None) -> str:
+    name = "`" + col.replace("`", "``") + "`"
     if value is None:
-        return ""
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, datetime):
-        return value.isoformat(sep=" ")
-    if isinstance(value, date):
-        return value.isoformat()
-    return str(value)
+        return f"{name} IS NULL"
+    return f"{name} = '" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _order(key: tuple) -> tuple:
+    return tuple((v is None, v or "") for v in key)
 
 
 def _partition_label(cols: list[str], key: tuple) -> str:
-    return "/".join(f"{c}={_filter_value(v) or 'null'}" for c, v in zip(cols, key, strict=True)) or "(table)"
+    return "/".join(f"{c}={'null' if v is None else v}" for c, v in zip(cols, key, strict=True)) or "(table)"
 
 
 # ---------------------------------------------------------------------------------------------- VACUUM
 
 
-def vacuum(settings: Settings, uri: TableSpec | str, *, dry_run: bool = False, full: bool = False) -> VacuumResult:
-    """Delete the files no version younger than the retention window needs; returns them.
+def vacuum(
+    spark: SparkSession, settings: Settings, spec_or_uri: TableSpec | str, *, dry_run: bool = False
+) -> VacuumResult:
+    """Delete the files no version younger than the retention window needs (Delta's VACUUM); what it deleted.
 
-    The window is ``lakehouse.retention_hours``, or the table's ``delta.deletedFileRetentionDuration`` if that is
-    longer: never shorter than either, so time travel to any version inside the window keeps working.
-    ``full`` also sweeps files the log does not mention (not only those removed since the last checkpoint).
+    The window is the table's ``delta.deletedFileRetentionDuration`` (``lakehouse.tables.ensure`` sets it from
+    ``lakehouse.retention_hours``), or ``lakehouse.retention_hours`` if that is longer: never shorter than
+    either, so time travel to any version inside the window keeps working. Delta lists the whole table, so it
+    also deletes files the log never mentions (left by a crashed writer) once they are older than the window.
+    ``dry_run`` lists the deletable files (``VACUUM ... DRY RUN``) and deletes nothing.
     """
-    name, uri = _name_uri(settings, uri)
+    name, uri = _name_uri(settings, spec_or_uri)
+    path = spark_path(uri)
     start = time.perf_counter()
-    dt = open_table(settings, uri)
-    table_retention = _interval(dt.metadata().configuration.get("delta.deletedFileRetentionDuration"))
+    table_retention = _interval(_detail(spark, path)["properties"].get("delta.deletedFileRetentionDuration"))
     hours = max(
         settings.lakehouse.retention_hours,
         math.ceil((_DEFAULT_FILE_RETENTION if table_retention is None else table_retention) / timedelta(hours=1)),
     )
-    files = dt.vacuum(
-        retention_hours=hours,
-        dry_run=dry_run,
-        enforce_retention_duration=True,
-        full=full,
-        commit_properties=_COMMIT,
+    # Delta's safety check refuses a window shorter than the table's delta.deletedFileRetentionDuration, which
+    # ``hours`` never is; a window under Delta's default week still runs with the check off, for this call only
+    conf = {_VACUUM_LOGGING: "true"}
+    if hours < _DEFAULT_FILE_RETENTION / timedelta(hours=1):
+        conf[_RETENTION_CHECK] = "false"
+    with session_conf(spark, conf):
+        if dry_run:
+            quoted = path.replace("`", "``")
+            listed = spark.sql(f"VACUUM delta.`{quoted}` RETAIN {hours} HOURS DRY RUN").collect()
+            paths = tuple(sorted(row[0] for row in listed))
+            return VacuumResult(name, len(paths), _sizes(spark, paths), hours, time.perf_counter() - start, True, paths)
+        table = _spark_table(spark, path)
+        before = table.history(1).select("version").first()[0]
+        table.vacuum(float(hours))
+    files, size = _vacuum_metrics(spark, path, before)
+    return VacuumResult(name, files, size, hours, time.perf_counter() - start)
+
+
+def _vacuum_metrics(spark: SparkSession, path: str, before: int) -> tuple[int, int | None]:
+    """(files deleted, bytes deleted) from the VACUUM START/END commits Delta wrote after version ``before``."""
+    from pyspark.sql import functions as F
+
+    commits = (
+        _spark_table(spark, path)
+        .history(20)
+        .where((F.col("version") > before) & F.col("operation").isin("VACUUM START", "VACUUM END"))
+        .select("operation", "operationMetrics")
+        .collect()
     )
-    if not files:
-        size: int | None = 0
-    elif dry_run:
-        size = _local_sizes(uri, files)
-    else:
-        size = _vacuumed_bytes(dt_after=open_table(settings, uri), count=len(files))
-    return VacuumResult(name, tuple(files), size, hours, time.perf_counter() - start, dry_run)
+    metrics = {row[0]: row[1] or {} for row in commits}
+    files = metrics.get("VACUUM END", {}).get(
+        "numDeletedFiles", metrics.get("VACUUM START", {}).get("numFilesToDelete")
+    )
+    size = metrics.get("VACUUM START", {}).get("sizeOfDataToDelete")
+    return int(files or 0), None if size is None else int(size)
 
 
-def _vacuumed_bytes(dt_after: DeltaTable, count: int) -> int | None:
-    """Bytes deleted, from the metrics of the VACUUM START commit delta-rs just wrote."""
-    for commit in dt_after.history(20):
-        metrics = commit.get("operationMetrics") or {}
-        if commit.get("operation") == "VACUUM START" and int(metrics.get("numFilesToDelete", -1)) == count:
-            return int(metrics.get("sizeOfDataToDelete", 0))
-    return None
-
-
-def _local_sizes(uri: str, files: list[str]) -> int | None:
-    root = _local_root(uri)
-    if root is None:
-        return None
-    return sum((root / f).stat().st_size for f in files if (root / f).exists())
+def _sizes(spark: SparkSession, paths: tuple[str, ...]) -> int:
+    """The total size of the files at ``paths`` (Hadoop file system URIs; directories and vanished files: 0)."""
+    jvm = spark._jvm
+    conf = spark._jsc.hadoopConfiguration()
+    total = 0
+    for p in paths:
+        hpath = jvm.org.apache.hadoop.fs.Path(p)
+        fs = hpath.getFileSystem(conf)
+        if fs.exists(hpath):
+            total += fs.getFileStatus(hpath).getLen()
+    return total
 
 
 # ---------------------------------------------------------------------------------------------- checkpoint
 
 
-def checkpoint_and_cleanup(settings: Settings, uri: TableSpec | str) -> CheckpointResult:
-    """Write a checkpoint of the current version, then delete log files older than the log retention.
+def checkpoint(spark: SparkSession, settings: Settings, spec_or_uri: TableSpec | str) -> CheckpointResult:
+    """Force a Delta checkpoint of the current version, unless the latest checkpoint is already at it.
 
-    The retention is the table's ``delta.logRetentionDuration`` (what delta-rs applies); if that is shorter than
-    ``lakehouse.log_retention_days`` the cleanup is skipped, so the log never keeps less than configured.
+    Delta writes a checkpoint itself every ``delta.checkpointInterval`` (10) commits of a Spark writer, and at
+    each checkpoint it deletes the log files older than the table's ``delta.logRetentionDuration`` that no kept
+    version needs. Forcing one (the JVM's ``DeltaLog.checkpoint(snapshot)``, as Delta's post-commit hook does)
+    spares readers the replay of the commits since the last one and runs that cleanup on tables that are rarely
+    written (or written by delta-rs, which checkpoints every 100 commits).
     """
-    name, uri = _name_uri(settings, uri)
+    name, uri = _name_uri(settings, spec_or_uri)
+    path = spark_path(uri)
     start = time.perf_counter()
-    dt = open_table(settings, uri)
-    before = len(_log_files(settings, uri))
-    dt.create_checkpoint()
-    notes: list[str] = []
-    wanted = timedelta(days=settings.lakehouse.log_retention_days)
-    table_retention = _interval(dt.metadata().configuration.get("delta.logRetentionDuration"))
-    effective = _DEFAULT_LOG_RETENTION if table_retention is None else table_retention
-    if effective < wanted:
-        notes.append(
-            f"log cleanup skipped: delta.logRetentionDuration ({effective}) is shorter than "
-            f"lakehouse.log_retention_days ({settings.lakehouse.log_retention_days} days)"
-        )
-    else:
-        if effective > wanted:
-            notes.append(f"log kept for the table's delta.logRetentionDuration ({effective})")
-        dt.cleanup_metadata()
-    after = len(_log_files(settings, uri))
-    return CheckpointResult(name, dt.version(), before, after, time.perf_counter() - start, tuple(notes))
+    jvm = spark._jvm
+    log_and_snapshot = jvm.org.apache.spark.sql.delta.DeltaLog.forTableWithSnapshot(spark._jsparkSession, path)
+    delta_log, snapshot = log_and_snapshot._1(), log_and_snapshot._2()  # the snapshot of the latest version
+    version = snapshot.version()
+    before = _log_file_count(spark, path)
+    last = delta_log.readLastCheckpointFile()
+    if last.isDefined() and last.get().version() == version:
+        return CheckpointResult(name, version, before, before, time.perf_counter() - start, written=False)
+    delta_log.checkpoint(snapshot, jvm.scala.Option.empty())  # no catalog table: the table is a path
+    return CheckpointResult(name, version, before, _log_file_count(spark, path), time.perf_counter() - start)
+
+
+def _log_file_count(spark: SparkSession, path: str) -> int:
+    """The files in the table's ``_delta_log`` (commits, checkpoints, checksums; not Hadoop's hidden ``.crc``)."""
+    jvm = spark._jvm
+    log = jvm.org.apache.hadoop.fs.Path(f"{path.rstrip('/')}/_delta_log")
+    fs = log.getFileSystem(spark._jsc.hadoopConfiguration())
+    return sum(1 for st in fs.listStatus(log) if st.isFile() and not st.getPath().getName().startswith("."))
+
+
+# ---------------------------------------------------------------------------------------------- Spark
+
+
+def spark_path(uri: str) -> str:
+    """The table's URI for Spark: ``s3://`` (delta-rs' scheme, as in conf/compose.yaml) is Hadoop's ``s3a://``."""
+    return "s3a://" + uri.removeprefix("s3://") if uri.startswith("s3://") else uri
+
+
+def table_exists(spark: SparkSession, uri: str) -> bool:
+    from delta.tables import DeltaTable as SparkDeltaTable
+
+    return SparkDeltaTable.isDeltaTable(spark, spark_path(uri))
+
+
+def _spark_table(spark: SparkSession, path: str):
+    """delta-spark's ``DeltaTable`` (imported here: the API imports this module for ``as_of`` alone)."""
+    from delta.tables import DeltaTable as SparkDeltaTable
+
+    return SparkDeltaTable.forPath(spark, path)
+
+
+@contextmanager
+def session_conf(spark: SparkSession, values: dict[str, str]) -> Iterator[None]:
+    """``values`` set on the session's SQL configuration inside, the previous values (or none) restored after."""
+    previous = {key: spark.conf.get(key, None) for key in values}
+    for key, value in values.items():
+        spark.conf.set(key, value)
+    try:
+        yield
+    finally:
+        for key, value in previous.items():
+            if value is None:
+                spark.conf.unset(key)
+            else:
+                spark.conf.set(key, value)
+
+
+def _detail(spark: SparkSession, path: str) -> dict:
+    """``DESCRIBE DETAIL``: numFiles, sizeInBytes, partitionColumns, properties, ..."""
+    row = _spark_table(spark, path).detail().first().asDict()
+    row["partitionColumns"] = list(row.get("partitionColumns") or [])
+    row["properties"] = dict(row.get("properties") or {})
+    return row
 
 
 # ---------------------------------------------------------------------------------------------- time travel
@@ -431,20 +556,26 @@ def _describe(results: list[OptimizeResult | VacuumResult | CheckpointResult]) -
                 parts.append(f"not compacted, concurrent writes: {', '.join(r.conflicts)}")
         elif isinstance(r, VacuumResult):
             what = "vacuumable" if r.dry_run else "vacuumed"
-            parts.append(f"{len(r.files)} files {what} ({_size(r.bytes)}, retention {r.retention_hours} h)")
-        else:
+            parts.append(f"{r.files} files {what} ({_size(r.bytes)}, retention {r.retention_hours} h)")
+        elif r.written:
             parts.append(f"checkpoint v{r.version}, log files {r.log_files_before} -> {r.log_files_after}")
-            parts.extend(r.notes)
+        else:
+            parts.append(f"checkpoint v{r.version} already, log files {r.log_files_after}")
     return "; ".join(parts)
 
 
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return (text[0] if text else "")[:300]
+
+
 def run(
+    spark: SparkSession,
     settings: Settings,
     action: str,
     specs: list[TableSpec],
     *,
     dry_run: bool = False,
-    full: bool = False,
     out=None,
 ) -> int:
     """Run ``action`` (optimize, vacuum, checkpoint or all) on each table, one line per table. Returns failures."""
@@ -452,22 +583,25 @@ def run(
     failures = 0
     for spec in specs:
         uri = spec.uri(settings)
-        if not table_exists(settings, uri):
+        if not table_exists(spark, uri):
             print(f"{spec.full_name}: skipped, table does not exist yet ({uri})", file=out, flush=True)
             continue
         start = time.perf_counter()
         results: list[OptimizeResult | VacuumResult | CheckpointResult] = []
         try:
             if action in ("optimize", "all"):
-                results.append(optimize(settings, spec, dry_run=dry_run))
+                results.append(optimize(spark, settings, spec, dry_run=dry_run))
             if action in ("vacuum", "all"):
-                results.append(vacuum(settings, spec, dry_run=dry_run, full=full))
+                results.append(vacuum(spark, settings, spec, dry_run=dry_run))
             if action == "checkpoint" or (action == "all" and not dry_run):
-                results.append(checkpoint_and_cleanup(settings, spec))
+                results.append(checkpoint(spark, settings, spec))
         except Exception as e:  # report it and go on with the other tables
             failures += 1
             done = _describe(results)
-            print(f"{spec.full_name}: FAILED {type(e).__name__}: {e}" + (f" (after {done})" if done else ""), file=out)
+            line = f"{spec.full_name}: FAILED {type(e).__name__}: {_first_line(e)}" + (
+                f" (after {done})" if done else ""
+            )
+            print(line, file=out, flush=True)
             continue
         print(f"{spec.full_name}: {_describe(results)}; {time.perf_counter() - start:.2f} s", file=out, flush=True)
     return failures
@@ -478,16 +612,41 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> int
     parser.add_argument("action", choices=["optimize", "vacuum", "checkpoint", "all"])
     parser.add_argument("--table", action="append", metavar="LAYER.NAME", help="only this table (repeatable)")
     parser.add_argument("--dry-run", action="store_true", help="report what would be compacted or deleted")
-    parser.add_argument("--full", action="store_true", help="VACUUM also files the log does not mention")
+    # delta-rs' VACUUM swept files the log never mentioned only with --full; Delta's always does
+    parser.add_argument("--full", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     settings = settings or get_settings()
     catalog = load_catalog()
-    names = args.table or sorted(catalog)
+    names = list(dict.fromkeys(args.table)) if args.table else sorted(catalog)
     unknown = [n for n in names if n not in catalog]
     if unknown:
-        parser.error(f"unknown table(s) {', '.join(unknown)}; known: {', '.join(sorted(catalog))}")
-    failures = run(settings, args.action, [catalog[n] for n in names], dry_run=args.dry_run, full=args.full)
+        print(
+            f"{parser.prog}: unknown table(s) {', '.join(unknown)}; known: {', '.join(sorted(catalog))}",
+            file=sys.stderr,
+        )
+        return 2
+    spark = _cli_spark(settings)
+    try:
+        failures = run(spark, settings, args.action, [catalog[n] for n in names], dry_run=args.dry_run)
+    finally:
+        spark.stop()
     return 1 if failures else 0
+
+
+def _cli_spark(settings: Settings) -> SparkSession:
+    """The CLI's Spark session, its JVM started with stdout on stderr: Delta's VACUUM prints its own summary
+    (``Deleted N files and directories ...``) with ``println``, and stdout is one line per table."""
+    from lakehouse.spark import get_spark
+
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)  # the JVM inherits this process's fd 1 when PySpark launches it
+    try:
+        return get_spark(settings, "fraud-lakehouse-maintenance")
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ test run).
 from __future__ import annotations
 
 import argparse
+import importlib
 import signal
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from lakehouse.observability import Monitor
 from lakehouse.spark import get_spark
 
 MAX_RESTARTS = 5
+STAGES = ("bronze", "silver", "features", "gold")  # each a package whose ``job.start`` starts its queries
 _ACTIVE: list = []  # the running queries, also while a stage is starting (so Ctrl-C can stop them)
 
 
@@ -62,7 +64,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--available-now", action="store_true", help="process what the log holds through every stage, then exit"
     )
+    parser.add_argument(
+        "--stages",
+        default=",".join(STAGES),
+        help=f"comma-separated stages to run, in this order: {','.join(STAGES)} (default: all)",
+    )
     args = parser.parse_args(argv)
+    chosen = [s.strip() for s in args.stages.split(",") if s.strip()]
+    if unknown := [s for s in chosen if s not in STAGES]:
+        parser.error(f"unknown stage(s) {', '.join(unknown)}; choose from {', '.join(STAGES)}")
     settings = get_settings()
     traffic = None
     if not args.no_traffic:
@@ -72,12 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"traffic: {rate:.0f} transactions/s + market ticks (pid {traffic.pid})", file=sys.stderr)
     spark = get_spark(settings, "fraud-lakehouse-stream")
-    from bronze import job as bronze_job
-    from features import job as features_job
-    from gold import job as gold_job
-    from silver import job as silver_job
-
-    stages = (bronze_job.start, silver_job.start, features_job.start, gold_job.start)
+    stages = [importlib.import_module(f"{name}.job").start for name in STAGES if name in chosen]
     if args.available_now:
         for stage in stages:
             for q in stage(spark, settings, trigger={"availableNow": True}):

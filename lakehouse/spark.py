@@ -56,13 +56,11 @@ def get_spark(settings: Settings, app_name: str = "fraud-lakehouse") -> SparkSes
         .config("spark.scheduler.mode", "FAIR")
         .config("spark.driver.extraJavaOptions", "-Dderby.system.home=" + str(settings.state_path / "derby"))
     )
-    for key, value in {**DELTA, **s3a_conf(settings), "spark.jars": ",".join(spark_jars(settings))}.items():
+    jars = {"spark.jars": ",".join(spark_jars(settings))}
+    for key, value in {**DELTA, **s3a_conf(settings), **jars, **sp.conf}.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
-    from lakehouse.delta_source import DeltaRsDataSource
-
-    spark.dataSource.register(DeltaRsDataSource)
     return spark
 
 

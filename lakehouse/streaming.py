@@ -7,10 +7,8 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
-from pathlib import Path
 
-from pyspark.sql import DataFrame
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.streaming import StreamingQuery
 
 from lakehouse import delta, metrics
@@ -34,41 +32,30 @@ def checkpoint_dir(settings: Settings, name: str) -> str:
     return f"{root.rstrip('/')}/{name}" if "://" in root else str(settings.path(root) / name)
 
 
-def query_id(checkpoint: str) -> str:
-    """The streaming query's id, as Spark keeps it in the checkpoint (stable across restarts)."""
-    return json.loads((Path(checkpoint) / "metadata").read_text())["id"]
+def query_id(spark: SparkSession, checkpoint: str) -> str:
+    """The streaming query's id, as Spark keeps it in the checkpoint (stable across restarts), read with
+    Hadoop's file system API, so a checkpoint on ``s3a://`` works as well as a local one."""
+    jvm = spark._jvm
+    path = jvm.org.apache.hadoop.fs.Path(f"{checkpoint.rstrip('/')}/metadata")
+    stream = path.getFileSystem(spark._jsc.hadoopConfiguration()).open(path)
+    try:
+        text = jvm.org.apache.commons.io.IOUtils.toString(stream, "UTF-8")
+    finally:
+        stream.close()
+    return json.loads(text.splitlines()[0])["id"]
 
 
-class WatermarkState:
-    """A watermark kept per batch id in the query's checkpoint (like Spark's offset log).
+class QueryIds:
+    """A query's id, read from its checkpoint once (by the first batch, when the checkpoint exists)."""
 
-    Batch N uses the watermark that batch N-1 left, so a replayed batch sees the same watermark and makes the
-    same decisions; it records its own only after its Delta commits.
-    """
+    def __init__(self, checkpoint: str):
+        self.checkpoint = checkpoint
+        self._id: str | None = None
 
-    def __init__(self, checkpoint: str, keep: int = 100):
-        if "://" in checkpoint:
-            raise ValueError(f"watermark state needs a local or mounted checkpoint directory, not {checkpoint}")
-        self.dir = Path(checkpoint) / "watermarks"
-        self.keep = keep
-
-    def before(self, batch_id: int) -> datetime | None:
-        ids = sorted(i for i in self._ids() if i < batch_id)
-        if not ids:
-            return None
-        value = json.loads((self.dir / str(ids[-1])).read_text())["watermark"]
-        return None if value is None else datetime.fromisoformat(value)
-
-    def _ids(self) -> list[int]:
-        return [int(p.name) for p in self.dir.glob("[0-9]*")] if self.dir.exists() else []
-
-    def record(self, batch_id: int, watermark: datetime | None) -> None:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.dir / f".{batch_id}.tmp"
-        tmp.write_text(json.dumps({"watermark": None if watermark is None else watermark.isoformat()}))
-        tmp.replace(self.dir / str(batch_id))
-        for old in sorted(self._ids())[: -self.keep]:
-            (self.dir / str(old)).unlink(missing_ok=True)
+    def __call__(self, spark: SparkSession) -> str:
+        if self._id is None:
+            self._id = query_id(spark, self.checkpoint)
+        return self._id
 
 
 def delta_sink(
@@ -81,12 +68,12 @@ def delta_sink(
     written. Every table records (query id, batch id) as ``txnAppId``/``txnVersion`` in its commit, so after a
     crash between two tables' commits the replayed batch skips the table that has it and writes the other.
     """
-    checkpoint = checkpoint_dir(settings, name)
+    ids = QueryIds(checkpoint_dir(settings, name))
 
     def write(batch: DataFrame, batch_id: int) -> None:
         t0 = time.monotonic()
         started_ms = int(time.time() * 1000)
-        app_id = query_id(checkpoint)
+        app_id = ids(batch.sparkSession)
         staged = (stage(batch) if stage else batch).persist()
         report = []
         try:

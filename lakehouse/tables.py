@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 from deltalake import DeltaTable
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
 
 from lakehouse.config import Settings
 from lakehouse.storage import storage_options
@@ -90,6 +92,35 @@ def conform(table: pa.Table, spec: TableSpec, **extra: pa.Array) -> pa.Table:
         table = table.append_column(name, values)
     names = [f.name for f in spec.schema if f.name in table.column_names]
     return table.select(names).cast(pa.schema([spec.schema.field(n) for n in names]))
+
+
+SPARK_TYPES = {
+    pa.string(): "string",
+    pa.int32(): "int",
+    pa.int64(): "bigint",
+    pa.float64(): "double",
+    pa.bool_(): "boolean",
+    pa.binary(): "binary",
+    pa.date32(): "date",
+    TS: "timestamp",
+}
+
+
+def spark_type(t: pa.DataType) -> str:
+    """The Spark SQL type of a catalog column type."""
+    return SPARK_TYPES[t]
+
+
+def spark_schema(spec: TableSpec) -> str:
+    """``spec``'s schema as a Spark DDL string."""
+    return ", ".join(f"`{f.name}` {spark_type(f.type)}" for f in spec.schema)
+
+
+def conform_df(df: DataFrame, spec: TableSpec, **extra: Column) -> DataFrame:
+    """``df`` plus ``extra`` columns, in ``spec``'s column order and types (columns it lacks are left out)."""
+    if extra:
+        df = df.withColumns(extra)
+    return df.select(*[F.col(f.name).cast(spark_type(f.type)) for f in spec.schema if f.name in df.columns])
 
 
 def _fields(*pairs: tuple[str, pa.DataType]) -> pa.Schema:

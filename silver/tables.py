@@ -117,6 +117,7 @@ STREAM_BATCHES = register(
         pa.schema(
             [
                 ("query", pa.string()),
+                ("query_id", pa.string()),
                 ("batch_id", pa.int64()),
                 ("rows_in", pa.int64()),
                 ("inserted", pa.int64()),

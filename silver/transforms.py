@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-import pyarrow as pa
-import pyarrow.compute as pc
-from pyspark.sql import DataFrame, Window
+from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 from lakehouse.contracts import TIME_FIELDS, spark_ddl
@@ -99,21 +97,24 @@ def latest_labels(labels: DataFrame) -> DataFrame:
     )
 
 
-def late_events(late: pa.Table, kind: str, event_id: pa.Array, watermark: datetime) -> pa.Table:
-    """Rows beyond the allowed lateness (``silver_status == "late"``, collected with their payload), with the
-    reason, for ``silver.late_events``. Arrow in and out: late rows leave the batch's one Spark job this way."""
-    time_col = late.column(TIME_FIELDS[kind])
-    wm = pa.scalar(watermark, time_col.type)
-    lateness = pc.divide(pc.cast(pc.subtract(wm, time_col), pa.int64()), 1_000_000)
-    n = late.num_rows
-    return pa.table(
-        {
-            "kind": pa.array([kind] * n, pa.string()),
-            "event_id": event_id,
-            "event_time": time_col,
-            "watermark": pa.array([watermark] * n, time_col.type),
-            "lateness_s": lateness,
-            "reason": pa.array(["beyond_allowed_lateness"] * n, pa.string()),
-            **{c: late.column(c) for c in (*LINEAGE, "payload", "event_date")},
-        }
+def late_events(late: DataFrame, kind: str, event_id: Column, watermark: datetime) -> DataFrame:
+    """Rows beyond the allowed lateness (``silver_status == "late"``) with the watermark they missed, by how many
+    whole seconds, and the reason: the rows of ``silver.late_events``."""
+    time_col = F.col(TIME_FIELDS[kind])
+    wm = F.lit(watermark).cast("timestamp")
+    return late.select(
+        F.lit(kind).alias("kind"),
+        event_id.cast("string").alias("event_id"),
+        time_col.alias("event_time"),
+        wm.alias("watermark"),
+        F.floor((F.unix_micros(wm) - F.unix_micros(time_col)) / 1_000_000).cast("bigint").alias("lateness_s"),
+        F.lit("beyond_allowed_lateness").alias("reason"),
+        *LINEAGE,
+        "payload",
+        "event_date",
     )
+
+
+def tick_id() -> Column:
+    """A market tick's id in ``silver.late_events``: ``<symbol>@<event time to the second, UTC>``."""
+    return F.concat_ws("@", "symbol", F.date_format("event_time", "yyyy-MM-dd'T'HH:mm:ss"))

@@ -19,7 +19,6 @@ from features.offline import market_features
 from features.request import RequestFeatures
 from features.store import OnlineStore, OnlineStoreUnavailable, StateCache
 from lakehouse import delta
-from lakehouse.delta_source import read_delta
 
 START, DAYS = FEATURE_LAKE_START, FEATURE_LAKE_DAYS
 
@@ -66,7 +65,7 @@ def test_stream_and_training_set_agree(lake):
 def test_market_stream_matches_offline(lake, spark):
     settings, _, _ = lake
     stream = delta.read_arrow(settings, settings.table_uri("features", "market_ticks")).to_pylist()
-    ticks = read_delta(spark, settings, settings.table_uri("silver", "market_ticks"))
+    ticks = delta.read(spark, settings.table_uri("silver", "market_ticks"))
     computed = market_features(ticks).withColumn("ms", F.unix_millis("event_time")).collect()
     offline = {(r["symbol"], r["ms"]): r.asDict() for r in computed}
     assert len(stream) == len(offline) > 100

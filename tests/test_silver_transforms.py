@@ -4,8 +4,9 @@ import json
 from datetime import UTC, date, datetime, timedelta
 
 from chispa import assert_df_equality
+from pyspark.sql import functions as F
 
-from silver.transforms import classify, enrich, late_events, latest_labels, parse_events
+from silver.transforms import classify, enrich, late_events, latest_labels, parse_events, tick_id
 
 T0 = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)
 BRONZE = "payload string, source_partition int, source_offset long, log_time timestamp"
@@ -78,12 +79,19 @@ def test_without_a_watermark_nothing_is_late(spark):
 def test_late_events_carry_reason_watermark_and_lateness(spark):
     wm = T0 + timedelta(minutes=10)
     parsed = parse_events(bronze(spark, [tx("old", 0), tx("ok", 20)]), "transaction")
-    late = classify(parsed, ["transaction_id"], wm).where("silver_status = 'late'").toArrow()
-    rows = late_events(late, "transaction", late["transaction_id"], wm).to_pylist()
+    late = classify(parsed, ["transaction_id"], wm).where("silver_status = 'late'")
+    rows = late_events(late, "transaction", F.col("transaction_id"), wm).collect()
     assert len(rows) == 1
     assert (rows[0]["event_id"], rows[0]["reason"], rows[0]["lateness_s"]) == ("old", "beyond_allowed_lateness", 600)
-    assert rows[0]["watermark"] == wm and rows[0]["event_date"] == date(2026, 3, 2)
+    assert rows[0]["event_date"] == date(2026, 3, 2)
+    watermark = late_events(late, "transaction", F.col("transaction_id"), wm).select(F.unix_micros("watermark")).first()
+    assert watermark[0] == int(wm.timestamp() * 1_000_000)
     assert json.loads(rows[0]["payload"])["transaction_id"] == "old"
+
+
+def test_a_late_tick_is_named_by_symbol_and_second(spark):
+    row = spark.createDataFrame([("ACME", T0)], "symbol string, event_time timestamp").select(tick_id()).first()
+    assert row[0] == f"ACME@{T0:%Y-%m-%dT%H:%M:%S}"
 
 
 def test_enrich_joins_reference_data_and_flags_unknowns(spark):
