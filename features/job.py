@@ -174,9 +174,7 @@ def start(spark: SparkSession, settings: Settings, trigger: dict | None = None) 
         decisions, anomalies = DecisionStage(settings), MarketAnomalyStage(settings)
     changes = delta.read_stream(spark, TRANSACTIONS.uri(settings), change_feed=True)
     tx = changes.where(F.col("_change_type").isin("insert", "update_postimage")).select(*TX_COLUMNS)
-    ticks = delta.read_stream(spark, MARKET_TICKS.uri(settings)).select(
-        "symbol", "event_time", "price", "event_date"
-    )
+    ticks = delta.read_stream(spark, MARKET_TICKS.uri(settings)).select("symbol", "event_time", "price", "event_date")
     return [
         start_batches(settings, TX_QUERY, tx, TransactionFeaturesBatch(settings, decisions), trigger=trigger),
         start_batches(settings, TICKS_QUERY, ticks, MarketFeaturesBatch(settings, anomalies), trigger=trigger),

@@ -1,4 +1,5 @@
-"""The whole medallion on real services: event log → bronze → silver → gold, run as `make stream` runs it.
+"""The whole medallion on real services: Kafka → bronze → silver → gold on the S3 server, run as `make stream` runs it,
+with no micro-batch collected to the driver.
 
 Two passes of ``python -m lakehouse.pipeline --available-now`` (a real process each) over generated traffic; the
 second pass adds repeats of recent transactions, one event beyond the allowed lateness and malformed records.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from collections import Counter
 
 import duckdb
@@ -19,13 +21,23 @@ from lakehouse.config import Settings, isolated
 from lakehouse.maintenance import as_of
 
 START = "2026-03-02T08:00:00Z"
+# the stages that run on the executors only (features and decisions still collect their batch: Part 9 step c2)
+PIPELINE = ("--no-traffic", "--available-now", "--stages", "bronze,silver,gold")
 
 
 @pytest.fixture(scope="module")
 def medallion(stack, tmp_path_factory):
-    """Settings (and the matching environment) of an isolated lakehouse: own topics, tables and checkpoints."""
+    """Settings (and the matching environment) of an isolated lakehouse: own topics and checkpoints, its tables on
+    the stack's S3 server over ``s3a://`` (as the local profile's are), and a Spark driver that refuses any result
+    over 1 MB: a stage collecting a micro-batch to the driver fails the run."""
     root = tmp_path_factory.mktemp("medallion")
-    settings, env = isolated(root, "medallion", {"LAKEHOUSE__STREAMING__ALLOWED_LATENESS_S": "600"})
+    tables = f"s3a://{stack.s3.bucket}/tests/{root.name}-{uuid.uuid4().hex[:8]}"
+    overrides = {
+        "LAKEHOUSE__STREAMING__ALLOWED_LATENESS_S": "600",
+        "LAKEHOUSE__LAKEHOUSE__ROOT": tables,
+        "LAKEHOUSE__SPARK__CONF": json.dumps({"spark.driver.maxResultSize": "1m"}),
+    }
+    settings, env = isolated(root, "medallion", overrides)
     log = eventlog.from_settings(settings)
     eventlog.ensure_topics(log, settings)
     yield settings, {**os.environ, **env}, log
@@ -54,8 +66,11 @@ def test_medallion_end_to_end(medallion):
     topic = settings.eventlog.topics.transactions.name
     run(env, "-m", "lakehouse.traffic", "generate", "--rate", "1.5", "--start", START, "--days", "0.07",
         "--speedup", "0", "--label-delay-days", "0.005", "--with-market", "--seed", "11")  # fmt: skip
-    first = run(env, "-m", "lakehouse.pipeline", "--no-traffic", "--available-now")
+    first = run(env, "-m", "lakehouse.pipeline", *PIPELINE)
     assert "[silver.transactions] batch 0" in first and "[gold.daily] batch 0" in first
+    # silver's first batch is all of bronze: collecting it to the driver would have broken the 1 MB limit
+    payloads = table(settings, "bronze", "transactions").column("payload")
+    assert sum(len(p) for p in payloads.to_pylist()) > 2 * 1024 * 1024
 
     silver_v1 = table(settings, "silver", "transactions")
     ids = silver_v1.column("transaction_id").to_pylist()
@@ -69,7 +84,7 @@ def test_medallion_end_to_end(medallion):
     late = {**events[-1], "transaction_id": "late-one", "event_time": events[-1]["event_time"] - 40 * 60_000}
     log.produce_batch(topic, [(e["card_id"], json.dumps(e).encode()) for e in [*repeats, late]])
     log.produce_batch(topic, [(b"x", b"{broken"), (b"x", b'{"transaction_id": "no-fields"}')])
-    second = run(env, "-m", "lakehouse.pipeline", "--no-traffic", "--available-now")
+    second = run(env, "-m", "lakehouse.pipeline", *PIPELINE)
     assert "late" in second
 
     silver = table(settings, "silver", "transactions")
