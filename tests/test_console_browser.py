@@ -80,7 +80,7 @@ def test_console_in_headless_chromium(served, settings, tmp_path):
         b.type("#token", token)
         b.click("#login")
 
-        assert b.url.endswith("/console/queue")
+        assert b.wait_url("/console/queue").endswith("/console/queue")
         check_view(b.screenshot(), shots / "2-queue.png", b.text(),
                    ["Review queue", "3 transactions to review", "tx-r1", "AMOUNT_SPIKE", "tx-b", CARD,
                     "the card's recent decisions", "Mark fraud", "admin"], size)  # fmt: skip

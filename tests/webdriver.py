@@ -61,6 +61,14 @@ class Browser:
     def url(self) -> str:
         return self._call("GET", "/url")
 
+    def wait_url(self, suffix: str, timeout_s: float = 20.0) -> str:
+        """The page's URL once it ends with ``suffix`` (a click that submits a form returns before a loaded machine
+        has navigated); the last URL seen if it never does."""
+        deadline = time.monotonic() + timeout_s
+        while not (url := self.url).endswith(suffix) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        return url
+
     def screenshot(self) -> bytes:
         return base64.b64decode(self._call("GET", "/screenshot"))
 
