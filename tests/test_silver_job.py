@@ -12,6 +12,11 @@ from silver.tables import LABELS_TABLE, MARKET_TICKS, STREAM_BATCHES, TRANSACTIO
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 KEY = ["symbol", "event_time"]
+# a batch's labels as ``silver.transforms.latest_labels`` gives them
+LABEL_EVENT = (
+    "transaction_id string, card_id string, label string, label_source string, label_scenario string, "
+    "label_reported_at timestamp"
+)
 
 
 def local_settings(settings, tmp_path):
@@ -94,16 +99,24 @@ def test_the_watermark_is_per_batch_so_a_replay_sees_the_same_watermark(spark, w
     assert writer.next_watermark(T0, T0 + timedelta(minutes=5)) == T0  # never moves back
 
 
-def test_a_label_delivered_again_changes_nothing_a_correction_does(spark, settings, tmp_path):
-    """An identical label again (an at-least-once producer) keeps ``labeled_at``, the instant audits turn on; a
-    different label reported at the same time, or a later one, replaces it; an older one does not."""
+@pytest.fixture()
+def labeller(settings, tmp_path) -> TransactionsBatch:
+    """silver.transactions' batch writer on a lake of its own, for its label MERGEs (no reference cache)."""
     local = local_settings(settings, tmp_path)
-    w = TransactionsBatch.__new__(TransactionsBatch)  # the label MERGEs need no reference cache
+    w = TransactionsBatch.__new__(TransactionsBatch)
     SilverWriter.__init__(w, local, "silver.transactions")
     fixed_ids(w)
     w.label_horizon = timedelta(days=local.streaming.label_horizon_days)
     ensure(local, TRANSACTIONS)
     ensure(local, LABELS_TABLE)
+    return w
+
+
+def test_a_label_delivered_again_changes_nothing_a_correction_does(spark, labeller):
+    """An identical label again (an at-least-once producer) keeps ``labeled_at``, the instant audits turn on; a
+    different label reported at the same time, or a later one, replaces it; an older one does not."""
+    w = labeller
+    local = w.settings
     tx = spark.createDataFrame(
         [{"transaction_id": "t1", "card_id": "card-0001", "event_time": T0, "event_date": T0.date(), "amount": 5.0}],
         spark_schema(TRANSACTIONS),
@@ -115,8 +128,7 @@ def test_a_label_delivered_again_changes_nothing_a_correction_does(spark, settin
     def label(value: str, reported: datetime, source: str = "chargeback"):
         return spark.createDataFrame(
             [("t1", "card-0001", value, source, None, reported)],
-            "transaction_id string, card_id string, label string, label_source string, label_scenario string, "
-            "label_reported_at timestamp",
+            LABEL_EVENT,
         )
 
     def state() -> tuple:
@@ -138,18 +150,12 @@ def test_a_label_delivered_again_changes_nothing_a_correction_does(spark, settin
     assert [(r["label"], r["label_source"]) for r in labels] == [("genuine", "analyst")]
 
 
-def test_a_label_that_came_before_its_transaction_is_applied_when_it_arrives(spark, settings, tmp_path):
-    local = local_settings(settings, tmp_path)
-    w = TransactionsBatch.__new__(TransactionsBatch)
-    SilverWriter.__init__(w, local, "silver.transactions")
-    fixed_ids(w)
-    w.label_horizon = timedelta(days=local.streaming.label_horizon_days)
-    ensure(local, TRANSACTIONS)
-    ensure(local, LABELS_TABLE)
+def test_a_label_that_came_before_its_transaction_is_applied_when_it_arrives(spark, labeller):
+    w = labeller
+    local = w.settings
     early = spark.createDataFrame(
         [("t2", "card-0002", "fraud", "chargeback", None, T0 + timedelta(minutes=1))],
-        "transaction_id string, card_id string, label string, label_source string, label_scenario string, "
-        "label_reported_at timestamp",
+        LABEL_EVENT,
     )
     assert w._labels(early, None, Counts(0, 0, 0, 0, None, None, None), batch_id=0) == (1, 0)  # no transaction yet
     tx = spark.createDataFrame(
