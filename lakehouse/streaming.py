@@ -45,6 +45,26 @@ def query_id(spark: SparkSession, checkpoint: str) -> str:
     return json.loads(text.splitlines()[0])["id"]
 
 
+def clear_torn_start(spark: SparkSession, checkpoint: str) -> bool:
+    """Remove what a process killed during a query's very first batch left behind, and say whether it did.
+
+    Spark writes ``offsets/0`` through a temporary file; a kill before the rename leaves that file, and since
+    4.1 Spark refuses to start a query whose checkpoint has no batch but a non-empty ``offsets``, ``commits``
+    or ``state`` (``STATE_STORE_CHECKPOINT_LOCATION_NOT_EMPTY``) on every restart. With no numbered offset
+    file, no batch was ever planned, so those folders hold nothing that a restart needs (``metadata``, which
+    keeps the query id, stays)."""
+    jvm = spark._jvm
+    root = jvm.org.apache.hadoop.fs.Path(checkpoint.rstrip("/"))
+    fs = root.getFileSystem(spark._jsc.hadoopConfiguration())
+    offsets = jvm.org.apache.hadoop.fs.Path(root, "offsets")
+    if not fs.exists(offsets) or any(s.getPath().getName().isdigit() for s in fs.listStatus(offsets)):
+        return False
+    for folder in ("offsets", "commits", "state"):
+        fs.delete(jvm.org.apache.hadoop.fs.Path(root, folder), True)
+    print(f"[streaming] {checkpoint}: cleared a first batch that never committed", file=sys.stderr, flush=True)
+    return True
+
+
 class QueryIds:
     """A query's id, read from its checkpoint once (by the first batch, when the checkpoint exists)."""
 
@@ -105,9 +125,11 @@ def start_batches(
     trigger: dict | None = None,
 ) -> StreamingQuery:
     """Start ``source`` → ``handler(batch, batch_id)``, checkpointed under the query ``name``."""
+    checkpoint = checkpoint_dir(settings, name)
+    clear_torn_start(source.sparkSession, checkpoint)
     writer = (
         source.writeStream.queryName(name)
-        .option("checkpointLocation", checkpoint_dir(settings, name))
+        .option("checkpointLocation", checkpoint)
         .foreachBatch(handler)
     )
     default = {"processingTime": f"{settings.streaming.trigger_seconds} seconds"}

@@ -138,3 +138,23 @@ def test_a_new_change_feed_stream_starts_with_the_current_rows(spark, tmp_path):
     )
     assert query.awaitTermination(120)
     assert [(r.id, r.v, r._change_type) for r in got] == [(1, "A", "insert")]
+
+
+def test_a_query_killed_while_planning_its_first_batch_starts_again(spark, tmp_path):
+    from lakehouse.config import isolated
+    from lakehouse.streaming import checkpoint_dir, start_batches
+
+    uri = table(tmp_path)
+    delta.write_batch_spark(frame(spark, [(1, "a", D1)]), uri, app_id="q", batch_id=0)
+    settings, _ = isolated(tmp_path, "torn")
+    # what a SIGKILL between writing offsets/0's temporary file and renaming it leaves
+    offsets = tmp_path / "checkpoints" / "torn.q" / "offsets"
+    offsets.mkdir(parents=True)
+    (offsets / ".0.6f1c.tmp").write_text("v1\n")
+    assert checkpoint_dir(settings, "torn.q") == str(offsets.parent)
+    got = []
+    handler = lambda b, _: got.extend(r.id for r in b.collect())  # noqa: E731
+    query = start_batches(settings, "torn.q", delta.read_stream(spark, uri), handler, trigger={"availableNow": True})
+    assert query.awaitTermination(120)
+    assert query.exception() is None and got == [1]
+    assert sorted(p.name for p in offsets.iterdir() if not p.name.startswith(".")) == ["0"]
