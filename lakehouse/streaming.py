@@ -127,11 +127,7 @@ def start_batches(
     """Start ``source`` → ``handler(batch, batch_id)``, checkpointed under the query ``name``."""
     checkpoint = checkpoint_dir(settings, name)
     clear_torn_start(source.sparkSession, checkpoint)
-    writer = (
-        source.writeStream.queryName(name)
-        .option("checkpointLocation", checkpoint)
-        .foreachBatch(handler)
-    )
+    writer = source.writeStream.queryName(name).option("checkpointLocation", checkpoint).foreachBatch(handler)
     default = {"processingTime": f"{settings.streaming.trigger_seconds} seconds"}
     query = writer.trigger(**(trigger or default)).start()
     wait_initialised(query)
