@@ -366,18 +366,9 @@ StateGetter = Callable[[str, str], dict]  # (entity, key) -> that entity's state
 CHUNK = 5000  # transactions applied (and states pruned) at a time: bounds the raw events a feature scans
 
 
-def transactions_batch(
-    state: StateGetter, txs: list[dict], fraud_labels: list[dict], retention_ms: int
-) -> tuple[list[dict], set[tuple[str, str]]]:
-    """Apply a micro-batch to the states, then compute each transaction's features.
-
-    ``txs`` carry ``TRANSACTION_INPUTS`` and ``ts`` (event time, ms); ``fraud_labels`` carry transaction_id,
-    terminal_id, merchant_id and ``reported_ms``. Features only see earlier events, so applying a batch first
-    gives every transaction its point-in-time value whatever the order inside the batch; a replayed batch
-    changes nothing (events are keyed by id). A large batch (a backlog of days) is taken in event-time chunks of
-    ``CHUNK``, each label with the chunk its report time falls in, so states are pruned as time advances and the
-    values are those of one big batch. Returns the feature rows (in ``txs`` order) and the (entity, key) touched.
-    """
+def chunks(txs: list[dict], fraud_labels: list[dict]) -> list[tuple[list[int], list[dict]]]:
+    """A micro-batch in event-time chunks of about ``CHUNK`` transactions (indexes into ``txs``), each with the
+    labels whose report time falls in it, so that states are pruned as time advances through a large batch."""
     order = sorted(range(len(txs)), key=lambda i: txs[i]["ts"])
     bounds, lo = [], 0
     while lo < len(order):
@@ -387,46 +378,85 @@ def transactions_batch(
         bounds.append((lo, hi))
         lo = hi
     if len(bounds) <= 1:
-        return _apply_and_compute(state, txs, fraud_labels, retention_ms)
+        return [(order, fraud_labels)]
     starts = [txs[order[lo]]["ts"] for lo, _ in bounds]
     labels_of: list[list[dict]] = [[] for _ in bounds]
     for label in fraud_labels:
         labels_of[max(0, bisect.bisect_right(starts, label["reported_ms"]) - 1)].append(label)
-    rows: list[dict | None] = [None] * len(txs)
-    touched: set[tuple[str, str]] = set()
-    for (lo, hi), labels in zip(bounds, labels_of, strict=True):
-        chunk = order[lo:hi]
-        out, t = _apply_and_compute(state, [txs[i] for i in chunk], labels, retention_ms)
-        touched |= t
-        for i, row in zip(chunk, out, strict=True):
-            rows[i] = row
+    return [(order[lo:hi], labels) for (lo, hi), labels in zip(bounds, labels_of, strict=True)]
+
+
+def card_step(state: StateGetter, txs: list[dict], retention_ms: int) -> tuple[list[dict], set[str]]:
+    """Apply transactions to their cards, then compute each one's card and context features (in ``txs``
+    order); prune the cards touched. Returns the rows and the card ids touched."""
+    for tx in txs:
+        apply_card(state("card", tx["card_id"]), tx, tx["ts"])
+    rows = [{**card_features(state("card", tx["card_id"]), tx, tx["ts"]), **context_values(tx, tx["ts"])} for tx in txs]
+    touched = {tx["card_id"] for tx in txs}
+    for key in touched:
+        prune_card(state("card", key), retention_ms)
     return rows, touched
 
 
-def _apply_and_compute(
+def place_step(
+    place: str, state: StateGetter, txs: list[dict], fraud_labels: list[dict], retention_ms: int
+) -> tuple[list[dict], set[str]]:
+    """Apply transactions and fraud labels to their ``place`` (terminal or merchant), then compute each
+    transaction's features of that place (in ``txs`` order); prune the places touched."""
+    column = f"{place}_id"
+    touched: set[str] = set()
+    for tx in txs:
+        if (key := tx.get(column)) is not None:
+            apply_place(state(place, key), tx["ts"], tx["transaction_id"], 0)
+            touched.add(key)
+    for label in fraud_labels:
+        if (key := label.get(column)) is not None:
+            apply_place(state(place, key), label["reported_ms"], label["transaction_id"], 1)
+            touched.add(key)
+    rows = [
+        place_features(place, state(place, tx[column]) if tx.get(column) is not None else None, tx["ts"]) for tx in txs
+    ]
+    for key in touched:
+        prune_place(state(place, key), retention_ms)
+    return rows, touched
+
+
+def transactions_batch(
     state: StateGetter, txs: list[dict], fraud_labels: list[dict], retention_ms: int
 ) -> tuple[list[dict], set[tuple[str, str]]]:
-    touched: set[tuple[str, str]] = set()
-    for tx in txs:
-        apply_card(state("card", tx["card_id"]), tx, tx["ts"])
-        touched.add(("card", tx["card_id"]))
-        for place in PLACES:
-            key = tx.get(f"{place}_id")
-            if key is not None:
-                apply_place(state(place, key), tx["ts"], tx["transaction_id"], 0)
-                touched.add((place, key))
-    for label in fraud_labels:
-        for place in PLACES:
-            key = label.get(f"{place}_id")
-            if key is not None:
-                apply_place(state(place, key), label["reported_ms"], label["transaction_id"], 1)
-                touched.add((place, key))
-    rows = []
-    for tx in txs:
-        places = {p: state(p, tx[f"{p}_id"]) if tx.get(f"{p}_id") is not None else None for p in PLACES}
-        rows.append(transaction_features(state("card", tx["card_id"]), places, tx, tx["ts"]))
-    for entity, key in touched:
-        (prune_card if entity == "card" else prune_place)(state(entity, key), retention_ms)
+    """Apply a micro-batch to every entity's states, then compute each transaction's features (the card,
+    terminal and merchant steps the stream runs as three stateful operators, here in one process).
+
+    ``txs`` carry ``TRANSACTION_INPUTS`` and ``ts`` (event time, ms); ``fraud_labels`` carry transaction_id,
+    terminal_id, merchant_id and ``reported_ms``. Features only see earlier events, so applying a batch first
+    gives every transaction its point-in-time value whatever the order inside the batch; a replayed batch
+    changes nothing (events are keyed by id). Each entity's values depend on its own events only, so the steps
+    may run on any partition of the batch by entity. Returns the feature rows (in ``txs`` order) and the
+    (entity, key) touched.
+    """
+    rows, cards = in_chunks(lambda chunk, _: card_step(state, chunk, retention_ms), txs, fraud_labels)
+    touched = {("card", k) for k in cards}
+    for place in PLACES:
+        values, keys = in_chunks(lambda c, la, p=place: place_step(p, state, c, la, retention_ms), txs, fraud_labels)
+        touched |= {(place, k) for k in keys}
+        for row, more in zip(rows, values, strict=True):
+            row.update(more)
+    return rows, touched
+
+
+Step = Callable[[list[dict], list[dict]], tuple[list[dict], set]]
+
+
+def in_chunks(step: Step, txs: list[dict], fraud_labels: list[dict]) -> tuple[list[dict], set]:
+    """``step(transactions, labels)`` over the batch's event-time ``chunks``: its rows in ``txs`` order and the
+    union of what it touched."""
+    rows: list[dict] = [{} for _ in txs]
+    touched: set = set()
+    for index, labels in chunks(txs, fraud_labels):
+        out, keys = step([txs[i] for i in index], labels)
+        touched |= keys
+        for i, row in zip(index, out, strict=True):
+            rows[i] = row
     return rows, touched
 
 

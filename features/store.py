@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections import OrderedDict
 from collections.abc import Iterable
 
 import redis
@@ -84,36 +83,3 @@ class OnlineStore:
         for name in self.client.scan_iter(f"{self.prefix}:*", count=1000):
             n += self.client.delete(name)
         return n
-
-
-class StateCache:
-    """The stream's own states: an LRU in memory in front of the online store (misses loaded in one round trip).
-
-    The stream computes from these; the online store is written after each batch for the API. If the store
-    is unreachable when a miss must be loaded, the batch fails (and is retried) rather than starting an entity
-    from an empty state, which would give silently wrong values.
-    """
-
-    def __init__(self, store: OnlineStore, capacity: int):
-        self.store, self.capacity = store, capacity
-        self.states: OrderedDict[Key, dict] = OrderedDict()
-
-    def prefetch(self, keys: Iterable[Key]) -> None:
-        missing = [k for k in set(keys) if k not in self.states]
-        if missing:
-            for k, state in self.store.load(missing).items():
-                self.states[k] = state if state is not None else NEW_STATE[k[0]]()
-
-    def get(self, entity: str, key: str) -> dict:
-        k = (entity, key)
-        if k not in self.states:
-            state = self.store.load([k])[k]
-            self.states[k] = state if state is not None else NEW_STATE[entity]()
-        self.states.move_to_end(k)
-        return self.states[k]
-
-    def flush(self, keys: Iterable[Key], batch: str) -> None:
-        """Write the states of ``keys`` to the online store, then forget the least recently used."""
-        self.store.save({k: self.states[k] for k in keys}, batch)
-        while len(self.states) > self.capacity:
-            self.states.popitem(last=False)

@@ -97,10 +97,10 @@ class StreamingSettings(BaseModel):
 class FeatureSettings(BaseModel):
     # the online store forgets an entity this long after its last event (the longest window is 30 days)
     ttl_days: int = Field(default=31, ge=1)
-    # states the stream keeps in memory between micro-batches (misses are read from the online store)
-    cache_entities: int = Field(default=200_000, ge=1)
     # a request's online-store read gives up after this long and answers in degraded mode
     request_timeout_ms: int = Field(default=200, ge=1)
+    # the stream's stateful operators group entities into this many hash buckets (one Python call each per batch)
+    state_buckets: int = Field(default=16, ge=1)
     # a training set is built this many days at a time (each chunk reads its own 30-day history)
     training_chunk_days: int = Field(default=7, ge=1)
 

@@ -52,6 +52,11 @@ def get_spark(settings: Settings, app_name: str = "fraud-lakehouse") -> SparkSes
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
         .config("spark.sql.streaming.stopGracefullyOnShutdown", "true")
+        # the feature operators' state (transformWithState needs RocksDB)
+        .config(
+            "spark.sql.streaming.stateStore.providerClass",
+            "org.apache.spark.sql.execution.streaming.state.RocksDBStateStoreProvider",
+        )
         # the stages' queries share the cores: FAIR lets a small silver job run between bronze's tasks
         .config("spark.scheduler.mode", "FAIR")
         .config("spark.driver.extraJavaOptions", "-Dderby.system.home=" + str(settings.state_path / "derby"))

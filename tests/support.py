@@ -17,7 +17,9 @@ FEATURE_LAKE_DAYS = 2
 
 def _process(env: dict, args: tuple[str, ...], timeout: int) -> subprocess.CompletedProcess:
     done = subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True, timeout=timeout)
-    assert done.returncode == 0, done.stderr[-4000:]
+    if done.returncode != 0:  # a Spark failure's message is far above its plan: show the error lines first
+        errors = [line for line in done.stderr.splitlines() if "Error" in line or "Exception" in line][:15]
+        raise AssertionError("\n".join([f"exit {done.returncode}:", *errors, "...", done.stderr[-3000:]]))
     return done
 
 

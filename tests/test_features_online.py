@@ -343,13 +343,13 @@ def test_a_backlog_batch_taken_in_chunks_gives_the_values_of_one_batch(monkeypat
     shuffled = rng.sample(txs, len(txs))
     expected = features(shuffled, labels)
     monkeypatch.setattr(online, "CHUNK", 7)
-    scanned, compute = [], online.transaction_features
+    scanned, compute = [], online.card_features
 
-    def spy(card, places, tx, ts):
+    def spy(card, tx, ts):
         scanned.append(len(card["raw"]))
-        return compute(card, places, tx, ts)
+        return compute(card, tx, ts)
 
-    monkeypatch.setattr(online, "transaction_features", spy)
+    monkeypatch.setattr(online, "card_features", spy)
     chunked = run((shuffled, labels))
     for tid, row in expected.items():
         assert_rows_close(chunked[tid], row)

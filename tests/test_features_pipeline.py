@@ -14,10 +14,11 @@ import pytest
 from pyspark.sql import functions as F
 from support import FEATURE_LAKE_DAYS, FEATURE_LAKE_START, run, same
 
+from features import online
 from features.definitions import MARKET_FEATURE_NAMES, TRANSACTION_FEATURE_NAMES
 from features.offline import market_features
 from features.request import RequestFeatures
-from features.store import OnlineStore, OnlineStoreUnavailable, StateCache
+from features.store import OnlineStore, OnlineStoreUnavailable
 from lakehouse import delta
 
 START, DAYS = FEATURE_LAKE_START, FEATURE_LAKE_DAYS
@@ -126,9 +127,9 @@ def test_degraded_when_online_store_is_down(lake):
     assert result.status == "degraded" and "online store" in result.reason
     assert result.values["card_tx_count_1h"] is None and result.values["terminal_fraud_rate_7d"] is None
     assert result.values["mcc_risk_score"] is not None and result.values["is_night"] is not None
-    # the stream does not start an entity from an empty state either: the batch fails and is retried
+    # the stream's operators cannot copy their states either: the batch fails and is retried
     with pytest.raises(OnlineStoreUnavailable):
-        StateCache(OnlineStore(down), 10).get("card", silver["card_id"])
+        OnlineStore(down).save({("card", silver["card_id"]): online.new_card()}, "features.transactions@0")
 
 
 def test_label_reported_after_cutoff_changes_nothing(lake):

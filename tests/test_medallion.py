@@ -1,5 +1,5 @@
-"""The whole medallion on real services: Kafka → bronze → silver → gold on the S3 server, run as `make stream` runs it,
-with no micro-batch collected to the driver.
+"""The whole medallion on real services: Kafka → bronze → silver → features → gold on the S3 server, run as
+`make stream` runs it, with no micro-batch collected to the driver.
 
 Two passes of ``python -m lakehouse.pipeline --available-now`` (a real process each) over generated traffic; the
 second pass adds repeats of recent transactions, one event beyond the allowed lateness and malformed records.
@@ -21,8 +21,8 @@ from lakehouse.config import Settings, isolated
 from lakehouse.maintenance import as_of
 
 START = "2026-03-02T08:00:00Z"
-# the stages that run on the executors only (features and decisions still collect their batch: Part 9 step c2)
-PIPELINE = ("--no-traffic", "--available-now", "--stages", "bronze,silver,gold")
+# the stages that run on the executors only (decisions still read their batch on the driver: Part 11)
+PIPELINE = ("--no-traffic", "--available-now", "--stages", "bronze,silver,features,gold")
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +36,7 @@ def medallion(stack, tmp_path_factory):
         "LAKEHOUSE__STREAMING__ALLOWED_LATENESS_S": "600",
         "LAKEHOUSE__LAKEHOUSE__ROOT": tables,
         "LAKEHOUSE__SPARK__CONF": json.dumps({"spark.driver.maxResultSize": "1m"}),
+        "LAKEHOUSE__DECISION__ENABLED": "false",
     }
     settings, env = isolated(root, "medallion", overrides)
     log = eventlog.from_settings(settings)
@@ -68,6 +69,7 @@ def test_medallion_end_to_end(medallion):
         "--speedup", "0", "--label-delay-days", "0.005", "--with-market", "--seed", "11")  # fmt: skip
     first = run(env, "-m", "lakehouse.pipeline", *PIPELINE)
     assert "[silver.transactions] batch 0" in first and "[gold.daily] batch 0" in first
+    assert "[features.transactions] batch 0" in first
     # silver's first batch is all of bronze: collecting it to the driver would have broken the 1 MB limit
     payloads = table(settings, "bronze", "transactions").column("payload")
     assert sum(len(p) for p in payloads.to_pylist()) > 2 * 1024 * 1024
@@ -106,6 +108,13 @@ def test_medallion_end_to_end(medallion):
     labelled = {r["transaction_id"]: r for r in silver.to_pylist() if r["label"] is not None}
     assert labelled and set(labelled) == set(labels) & set(ids)
     assert all(r["labeled_at"] is not None and r["label"] == labels[t]["label"] for t, r in labelled.items())
+    # every silver transaction has its feature vector, computed once, in Spark's state store
+    vectors = table(settings, "features", "transactions")
+    assert sorted(vectors.column("transaction_id").to_pylist()) == sorted(ids)
+    assert (
+        vectors.column("card_tx_count_24h").null_count == 0 and max(vectors.column("card_tx_count_24h").to_pylist()) > 1
+    )
+    assert table(settings, "features", "market_ticks").num_rows == table(settings, "silver", "market_ticks").num_rows
     # enrichment from the reference tables
     assert all(r["mcc_category"] for r in silver.to_pylist())
 
