@@ -1,6 +1,7 @@
 """The feature-layer benchmark, on its own tables and online-store keys.
 
-1. Online: generated transactions go through the stream's engine (``transactions_batch``, batches of 2,000:
+1. Online: generated transactions go through the online engine in one process (``transactions_batch``: the steps
+   the stream's stateful operators run, without Spark; batches of 2,000:
    transactions/s), their states are written to Redis; then single requests of new transactions are computed
    as the API does (``RequestFeatures``: one pipelined Redis read + the online engine), p50/p99 per request.
 2. Offline: the same transactions (with their labels) as a silver table; ``build-training-set`` over it
@@ -107,8 +108,8 @@ def run(settings: Settings, n: int, requests: int = 5000) -> tuple[list[dict], d
         online.transactions_batch(state, chunk, fraud[j:k], retention)
         j = k
         if (i // BATCH) % 100 == 99:
-            print(f"    stream engine: {i + len(chunk):,}/{n:,} transactions", flush=True)
-    rows.append(report("features: stream engine (batches of 2000)", n, time.perf_counter() - t0))
+            print(f"    online engine: {i + len(chunk):,}/{n:,} transactions", flush=True)
+    rows.append(report("features: online engine in one process (batches of 2000)", n, time.perf_counter() - t0))
 
     store = OnlineStore(iso)
     store.clear()
