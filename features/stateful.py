@@ -25,7 +25,9 @@ from pyspark.sql.streaming.stateful_processor import StatefulProcessor, Stateful
 
 from features import online
 from features.definitions import Feature
+from features.tables import feature_fields
 from lakehouse.config import Settings
+from lakehouse.tables import spark_type
 
 TX, LABEL = 0, 1  # an event's kind
 # Chained operators need an event-time column and a watermark, and refuse to emit a row older than the watermark:
@@ -41,12 +43,11 @@ EVENT_COLUMNS = (
     "merchant_lon double, mcc_risk_tier string, country_risk_tier string, feats string, wm timestamp"
 )
 TICK_COLUMNS = "symbol string, ts long, price double, event_date string, feats string"
-_SPARK_TYPES = {"long": "bigint", "double": "double", "boolean": "boolean"}
 
 
 def feature_schema(features: list[Feature]) -> str:
-    """The ``feats`` JSON's schema (DDL) for ``from_json``."""
-    return ", ".join(f"{f.name} {_SPARK_TYPES[f.dtype]}" for f in features)
+    """The ``feats`` JSON's schema (DDL) for ``from_json``: the feature tables' column types."""
+    return ", ".join(f"{name} {spark_type(t)}" for name, t in feature_fields(features))
 
 
 MILLIS = ("ts", "reported_ms", "log_ms")  # longs that pandas turns into floats when the column has a null
@@ -101,7 +102,8 @@ class _EntityProcessor(StatefulProcessor):
         txs = [e for e in events if e["kind"] == TX]
         labels = [e for e in events if e["kind"] == LABEL]
         cache: dict[str, dict] = {}
-        values, touched = online.in_chunks(lambda t, la: self.step(self.getter(cache), t, la), txs, labels)
+        get = self.getter(cache)
+        values, touched = online.in_chunks(lambda t, la: self.step(get, t, la), txs, labels)
         for tx, row in zip(txs, values, strict=True):
             tx["feats"] = json.dumps({**json.loads(tx["feats"]), **row})
         for k in touched:
