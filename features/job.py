@@ -6,9 +6,8 @@ events at their reported time. The card, terminal and merchant operators apply t
 Spark's state store (and copy the touched states to the online store), and each micro-batch's vectors are
 appended to ``features.transactions`` with Spark's Delta writer, exactly once (a Delta app transaction per
 batch). ``features.market`` does the same for silver.market_ticks. With ``decision.enabled``, the transactions
-of a batch are scored after the vectors' commit (``serving.stream``: gold.decisions and alerts) and so are the
-ticks (``serving.market``: gold.market_anomalies and risk alerts); that scoring still reads the batch's vectors
-on the driver.
+of a batch are scored on the executors after the vectors' commit (``serving.stream``: gold.decisions and alerts)
+and so are the ticks (``serving.market``: gold.market_anomalies and risk alerts).
 """
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery
 
 from features import stateful
-from features.definitions import FEATURE_VERSION, MARKET_FEATURES, TRANSACTION_FEATURES, TRANSACTION_INPUTS
+from features.definitions import FEATURE_VERSION, MARKET_FEATURES, TRANSACTION_FEATURES
 from features.tables import MARKET_FEATURES_TABLE, TRANSACTION_FEATURES_TABLE
 from lakehouse import delta, metrics
 from lakehouse.config import Settings
@@ -31,8 +30,6 @@ from lakehouse.tables import TableSpec, conform_df, ensure
 from silver.tables import MARKET_TICKS, TRANSACTIONS
 
 TX_QUERY, TICKS_QUERY = "features.transactions", "features.market"
-# what the decision's rules and latency need beside the feature inputs
-DECISION_INPUTS = ("merchant_category_code", "ip_hash", "customer_id", "log_time", "event_date")
 
 
 def transaction_events(changes: DataFrame) -> DataFrame:
@@ -104,29 +101,6 @@ class FeatureBatch:
         )
 
 
-def _decide(decisions: Callable) -> Callable:
-    """The decision stage on a batch's vectors, read on the driver (Part 11 moves it onto the executors)."""
-    names = [f.name for f in TRANSACTION_FEATURES]
-
-    def after(app_id: str, batch_id: int, batch: DataFrame) -> str:
-        rows = batch.select(*TRANSACTION_INPUTS, *DECISION_INPUTS, "ts", *names).toArrow().to_pylist()
-        txs = [{c: r[c] for c in (*TRANSACTION_INPUTS, *DECISION_INPUTS, "ts")} for r in rows]
-        return decisions(app_id, batch_id, txs, [{n: r[n] for n in names} for r in rows])
-
-    return after
-
-
-def _anomalies(anomalies: Callable) -> Callable:
-    names = [f.name for f in MARKET_FEATURES]
-
-    def after(app_id: str, batch_id: int, batch: DataFrame) -> str:
-        rows = batch.select("symbol", "event_time", "price", "event_date", *names).toArrow().to_pylist()
-        keys = [{c: r[c] for c in ("symbol", "event_time", "price", "event_date")} for r in rows]
-        return anomalies(app_id, batch_id, keys, [{n: r[n] for n in names} for r in rows])
-
-    return after
-
-
 def start(spark: SparkSession, settings: Settings, trigger: dict | None = None) -> list[StreamingQuery]:
     """Start both feature queries (tables are created first, so they may start before any data)."""
     for spec in (TRANSACTIONS, MARKET_TICKS, TRANSACTION_FEATURES_TABLE, MARKET_FEATURES_TABLE):
@@ -136,7 +110,7 @@ def start(spark: SparkSession, settings: Settings, trigger: dict | None = None) 
         from serving.market import MarketAnomalyStage
         from serving.stream import DecisionStage
 
-        after_tx, after_ticks = _decide(DecisionStage(settings)), _anomalies(MarketAnomalyStage(settings))
+        after_tx, after_ticks = DecisionStage(settings), MarketAnomalyStage(settings)
     changes = delta.read_stream(spark, TRANSACTIONS.uri(settings), change_feed=True)
     events = transaction_events(changes.where(F.col("_change_type").isin("insert", "update_postimage")))
     tx = vectors(stateful.transaction_features(events, settings, TX_QUERY), TRANSACTION_FEATURES,

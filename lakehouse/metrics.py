@@ -68,6 +68,11 @@ WATERMARK = Gauge(
 )  # fmt: skip
 
 # --- decisions ---------------------------------------------------------------------------------------------
+HISTOGRAM_BUCKETS = {
+    "probability": (0.001, 0.005, 0.01, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 0.99),
+    "scoring": (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1),
+    "latency": (0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300),
+}
 DECISIONS = Counter(
     "fraud_decisions", "Stream decisions, by outcome and the model role that acted.", ["decision", "route"],
     registry=REGISTRY,
@@ -78,15 +83,15 @@ SHADOW = Counter(
 )  # fmt: skip
 PROBABILITY = Histogram(
     "fraud_model_probability", "Fraud probabilities of the supervised models, by role.", ["role"],
-    buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 0.99), registry=REGISTRY,
+    buckets=HISTOGRAM_BUCKETS["probability"], registry=REGISTRY,
 )  # fmt: skip
 SCORING = Histogram(
     "fraud_scoring_latency_seconds", "Time to score one transaction in the stream (its batch's mean).",
-    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1), registry=REGISTRY,
+    buckets=HISTOGRAM_BUCKETS["scoring"], registry=REGISTRY,
 )  # fmt: skip
 DECISION_LATENCY = Histogram(
     "fraud_decision_latency_seconds", "From the event log to the decision, per transaction.",
-    buckets=(0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300), registry=REGISTRY,
+    buckets=HISTOGRAM_BUCKETS["latency"], registry=REGISTRY,
 )  # fmt: skip
 ALERTS = Counter("fraud_alerts_published", "Review and block alerts sent, by decision.", ["decision"],
                  registry=REGISTRY)  # fmt: skip
@@ -178,23 +183,21 @@ def observe_silver(table: str, late: int, duplicates: int, watermark: datetime |
         WATERMARK.labels(table).set(watermark.timestamp())
 
 
-def observe_decisions(rows: Iterable[dict], latency_ms: Iterable[float | None] = ()) -> None:
-    """Decision rows of ``serving.scorer.Scorer.decide`` (and their event-log-to-decision latencies)."""
-    for row in rows:
-        route = row.get("route") or "champion"
-        DECISIONS.labels(row["decision"], route).inc()
-        if row.get("shadow_decision") is not None:
-            SHADOW.labels(row["decision"], row["shadow_decision"]).inc()
-            if row.get("shadow_probability") is not None:
-                other = "challenger" if route == "champion" else "champion"
-                PROBABILITY.labels(other).observe(row["shadow_probability"])
-        if row.get("ml_probability") is not None:
-            PROBABILITY.labels(route).observe(row["ml_probability"])
-        if row.get("scoring_ms") is not None:
-            SCORING.observe(row["scoring_ms"] / 1000)
-    for ms in latency_ms:
-        if ms is not None:
-            DECISION_LATENCY.observe(max(0.0, ms) / 1000)
+def observe_decisions(observations: Iterable[dict]) -> None:
+    """A batch's decisions as ``serving.stream.observations`` aggregated them on the executors: rows of
+    (``metric``, labels ``a`` and ``b``, ``n`` observations, their sum ``total``), each histogram row inside one
+    bucket (so ``n`` observations of its mean land in the right bucket and keep the exact sum)."""
+    histograms = {"probability": PROBABILITY, "scoring": SCORING, "latency": DECISION_LATENCY}
+    for o in observations:
+        metric, n = o["metric"], o["n"]
+        if metric == "decision":
+            DECISIONS.labels(o["a"], o["b"]).inc(n)
+        elif metric == "shadow":
+            SHADOW.labels(o["a"], o["b"]).inc(n)
+        elif metric in histograms:
+            h = histograms[metric].labels(o["a"]) if metric == "probability" else histograms[metric]
+            for _ in range(n):
+                h.observe(o["total"] / n)
 
 
 def observe_alerts(decisions: Iterable[str]) -> None:
@@ -206,8 +209,8 @@ def observe_model_errors(stage: str, errors: int) -> None:
     MODEL_ERRORS.labels(stage).inc(errors)
 
 
-def observe_anomalies(rows: Iterable[dict]) -> None:
-    for symbol, n in Tally(r["symbol"] for r in rows).items():
+def observe_anomalies(by_symbol: dict[str, int]) -> None:
+    for symbol, n in by_symbol.items():
         MARKET_ANOMALIES.labels(symbol).inc(n)
 
 

@@ -108,6 +108,8 @@ SPARK_TYPES = {
 
 def spark_type(t: pa.DataType) -> str:
     """The Spark SQL type of a catalog column type."""
+    if pa.types.is_list(t):
+        return f"array<{spark_type(t.value_type)}>"
     return SPARK_TYPES[t]
 
 

@@ -1,29 +1,35 @@
-"""Market anomalies in the stream: each market feature micro-batch is scored by the registered market Isolation
-Forest (``training.market``, followed through its ``champion`` alias). Ticks at or above the model's alert
-threshold are written to ``gold.market_anomalies`` exactly once (a Delta app transaction per batch id) and
-raise one ``risk-alerts`` event each (a Redis ``SET NX`` key per symbol and tick time claims it first), with
-the features that deviated most from the training ticks as the reason. No model yet, or a model that fails,
-scores nothing and is counted (``errors``): the stream goes on."""
+"""Market anomalies in the stream, on Spark's executors: each market feature micro-batch is scored by the
+registered market Isolation Forest (``training.market``; the driver pins its ``champion`` version per batch,
+``serving.pinned``). Ticks at or above the model's alert threshold are written to ``gold.market_anomalies``
+exactly once (a Delta app transaction per batch id) and raise one ``risk-alerts`` event each (a Redis ``SET NX``
+key per symbol and tick time claims it first), with the features that deviated most from the training ticks as
+the reason. No model yet, or a model that fails, scores nothing and is counted (``fraud_model_errors``, a
+``model_failure`` event): the stream goes on."""
 
 from __future__ import annotations
 
 import json
 import logging
+import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import numpy as np
 import pyarrow as pa
-import redis
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
 
+from features.definitions import MARKET_FEATURE_NAMES
 from gold.tables import MARKET_ANOMALIES_TABLE
-from lakehouse import delta, eventlog, metrics
+from lakehouse import delta, metrics
 from lakehouse.config import Settings
-from lakehouse.tables import TS, conform, ensure
+from lakehouse.tables import conform_df, ensure, spark_schema
+from serving import pinned
 from serving.scorer import current
-from serving.stream import model_failure, send_once
+from serving.stream import model_failure
 from training import market
 from training.dataset import matrix
-from training.registry import CHAMPION, LoadedModel, ModelLoader
+from training.registry import CHAMPION, AliasFollower, LoadedModel
 
 log = logging.getLogger(__name__)
 
@@ -60,50 +66,81 @@ def risk_alert(row: dict) -> dict:
             "event_time": int(row["event_time"].timestamp() * 1000)}  # fmt: skip
 
 
+def anomaly_batches(plan: pinned.Plan):
+    """The ``mapInArrow`` function scoring ticks with their vectors into ``FOUND`` rows: the anomalies, or one
+    row with only ``model_error`` for a call in which the market model failed to load or score."""
+    k = plan.settings.models.market_reasons
+
+    def score(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        model = pinned.PinnedModel(plan.settings, plan.models["market"])
+        for batch in batches:
+            rows = batch.to_pylist()
+            try:
+                found = anomalies(model.current, rows, rows, k)
+            except Exception as exc:  # a broken version: no market alerts from these ticks, counted
+                error = model.error or f"{model.ref.name} v{model.ref.version} failed to score ticks: {exc}"
+                yield pa.RecordBatch.from_pylist([{"model_error": error}], schema=FOUND_ARROW)
+                continue
+            if found:
+                now = datetime.now(UTC)
+                yield pa.RecordBatch.from_pylist([{**r, "decided_at": now} for r in found], schema=FOUND_ARROW)
+
+    return score
+
+
+FOUND = f"{spark_schema(MARKET_ANOMALIES_TABLE)}, model_error string"
+FOUND_ARROW = MARKET_ANOMALIES_TABLE.schema.append(pa.field("model_error", pa.string()))
+TICK_COLUMNS = ("symbol", "event_time", "price", "event_date", *MARKET_FEATURE_NAMES)
+
+
 class MarketAnomalyStage:
-    """Called by the market feature job with each batch's ticks and vectors, after their Delta commit."""
+    """Called by the market feature job with each batch's vectors, after their Delta commit."""
 
-    def __init__(self, settings: Settings, loader: ModelLoader | None = None):
+    def __init__(self, settings: Settings, follower: AliasFollower | None = None):
         self.settings = settings
-        self.loader = loader or ModelLoader(settings, settings.models.market_name, CHAMPION)
+        self.follower = follower or AliasFollower(settings, settings.models.market_name, CHAMPION)
         self.uri = ensure(settings, MARKET_ANOMALIES_TABLE)
-        self.log = eventlog.from_settings(settings)
-        self.redis = redis.Redis.from_url(settings.online_store.url)
         self.topic = settings.eventlog.topics.risk_alerts.name
-        self.errors = 0
 
-    def __call__(self, app_id: str, batch_id: int, ticks: list[dict], vectors: list[dict]) -> str:
-        model = current(self.loader)
-        metrics.set_models({"market": model})
-        if model is None or not ticks:
-            return "no market model" if model is None else "no ticks"
+    def __call__(self, app_id: str, batch_id: int, vectors: DataFrame) -> str:
+        ref = current(self.follower)
+        metrics.set_models({"market": ref})
+        if ref is None:
+            return "no market model"
+        started_ms = int(time.time() * 1000)
+        plan = pinned.Plan(self.settings, {"market": ref})
+        found = vectors.select(*TICK_COLUMNS).mapInArrow(anomaly_batches(plan), FOUND).persist()
         try:
-            rows = anomalies(model, ticks, vectors, self.settings.models.market_reasons)
-        except Exception as exc:  # a broken version: no market alerts from this batch, counted
-            self.errors += 1
-            metrics.observe_model_errors("market", 1)
-            log.error("%s v%s failed to score ticks: %s", model.name, model.version, exc)
-            detail = {"errors": 1, "error": f"{model.name} v{model.version} failed to score ticks: {exc}"}
-            model_failure(self.log, self.topic, "market", batch_id, detail)
-            return f"market model v{model.version} failed ({exc})"
-        if not rows:
-            return "0 anomalies"
-        table = pa.Table.from_pylist(rows).drop_columns(["event_time"])
-        out = conform(
-            table.append_column("event_time", pa.array([r["event_time"] for r in rows], TS)),
-            MARKET_ANOMALIES_TABLE,
-            decided_at=pa.array([datetime.now(UTC)] * len(rows), TS),
-        )
-        written = delta.write_batch(self.settings, self.uri, out, app_id=f"{app_id}/anomalies", batch_id=batch_id,
+            failed = found.where(F.col("model_error").isNotNull())
+            errors = failed.agg(F.count("*").alias("n"), F.first("model_error").alias("error")).first()
+            if errors["n"]:
+                log.error("%s", errors["error"])
+                metrics.observe_model_errors("market", errors["n"])
+                detail = {"errors": errors["n"], "error": errors["error"]}
+                model_failure(self.settings, self.topic, "market", batch_id, detail)
+            rows = found.where(F.col("model_error").isNull())
+            by_symbol = {r["symbol"]: r["n"] for r in rows.groupBy("symbol").agg(F.count("*").alias("n")).collect()}
+            if not by_symbol:
+                return f"0 anomalies{', market model failed' if errors['n'] else ''}"
+            app = f"{app_id}/anomalies"
+            delta.write_batch_spark(conform_df(rows, MARKET_ANOMALIES_TABLE), self.uri, app_id=app, batch_id=batch_id,
                                     partition_by=MARKET_ANOMALIES_TABLE.partition_by)  # fmt: skip
-        if written:
-            metrics.observe_anomalies(rows)
-        sent = self.publish(rows)
-        return f"{len(rows)} anomalies{'' if written else ' (already committed)'}, {sent} risk alerts"
+            _, written = delta.commit_of(vectors.sparkSession, self.uri, app, batch_id, started_ms)
+            if written:
+                metrics.observe_anomalies(by_symbol)
+            alerts = tick_alert(self.settings.online_store.key_prefix, self.topic)
+            sent = pinned.publish(rows, self.settings, alerts)
+        finally:
+            found.unpersist()
+        n = sum(by_symbol.values())
+        return f"{n} anomalies{'' if written else ' (already committed)'}, {sum(sent.values())} risk alerts"
 
-    def publish(self, rows: list[dict]) -> int:
-        """Send each anomaly once (claimed as ``<prefix>:risk:<symbol>:<tick ms>``)."""
-        prefix = self.settings.online_store.key_prefix
-        alerts = [(f"{prefix}:risk:{r['symbol']}:{int(r['event_time'].timestamp() * 1000)}", self.topic, r["symbol"],
-                   risk_alert(r)) for r in rows]  # fmt: skip
-        return len(send_once(self.redis, self.log, alerts))
+
+def tick_alert(prefix: str, topic: str):
+    """An anomalous tick's claim key (``<prefix>:risk:<symbol>:<tick ms>``), topic, record key and event."""
+
+    def make(row: dict) -> pinned.Alert:
+        tick_ms = int(row["event_time"].timestamp() * 1000)
+        return f"{prefix}:risk:{row['symbol']}:{tick_ms}", topic, row["symbol"], risk_alert(row)
+
+    return make

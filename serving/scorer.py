@@ -14,6 +14,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
@@ -23,7 +24,7 @@ from serving import statistical
 from serving.decision import calibrated, decide
 from serving.rules import RuleBook
 from training.dataset import FEATURES, array
-from training.registry import CHALLENGER, CHAMPION, LoadedModel, ModelLoader
+from training.registry import CHALLENGER, CHAMPION, AliasFollower, LoadedModel, ModelLoader
 
 log = logging.getLogger(__name__)
 
@@ -49,25 +50,33 @@ class Inputs:
         return self._by_features[key]
 
 
+class Loader(Protocol):
+    """What scoring asks of a model loader: its ``current`` model (``LookupError`` while it has none)."""
+
+    @property
+    def current(self) -> LoadedModel: ...
+
+
 @dataclass
 class Models:
     """The loaders scoring uses; any of them may be None (not registered yet)."""
 
-    champion: ModelLoader | None = None
-    challenger: ModelLoader | None = None
-    anomaly: ModelLoader | None = None
+    champion: Loader | None = None
+    challenger: Loader | None = None
+    anomaly: Loader | None = None
 
     @classmethod
-    def from_registry(cls, settings: Settings) -> Models:
+    def from_registry(cls, settings: Settings, follower: type[AliasFollower] = ModelLoader) -> Models:
+        """Loaders of the configured models (``AliasFollower``: their versions only, for the stream's driver)."""
         m = settings.models
         return cls(
-            ModelLoader(settings, m.supervised_name, CHAMPION),
-            ModelLoader(settings, m.supervised_name, CHALLENGER),
-            ModelLoader(settings, m.unsupervised_name, CHAMPION),
+            follower(settings, m.supervised_name, CHAMPION),
+            follower(settings, m.supervised_name, CHALLENGER),
+            follower(settings, m.unsupervised_name, CHAMPION),
         )
 
 
-def current(loader: ModelLoader | None) -> LoadedModel | None:
+def current(loader: Loader | None) -> LoadedModel | None:
     """The loader's model, or None while it has none (not registered yet, or the registry unreachable)."""
     try:
         return loader.current if loader is not None else None

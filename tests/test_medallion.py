@@ -1,5 +1,5 @@
-"""The whole medallion on real services: Kafka → bronze → silver → features → gold on the S3 server, run as
-`make stream` runs it, with no micro-batch collected to the driver.
+"""The whole medallion on real services: Kafka → bronze → silver → features → decisions → gold on the S3 server,
+run as `make stream` runs it, with no micro-batch collected to the driver.
 
 Two passes of ``python -m lakehouse.pipeline --available-now`` (a real process each) over generated traffic; the
 second pass adds repeats of recent transactions, one event beyond the allowed lateness and malformed records.
@@ -21,7 +21,6 @@ from lakehouse.config import Settings, isolated
 from lakehouse.maintenance import as_of
 
 START = "2026-03-02T08:00:00Z"
-# the stages that run on the executors only (decisions still read their batch on the driver: Part 11)
 PIPELINE = ("--no-traffic", "--available-now", "--stages", "bronze,silver,features,gold")
 
 
@@ -36,7 +35,12 @@ def medallion(stack, tmp_path_factory):
         "LAKEHOUSE__STREAMING__ALLOWED_LATENESS_S": "600",
         "LAKEHOUSE__LAKEHOUSE__ROOT": tables,
         "LAKEHOUSE__SPARK__CONF": json.dumps({"spark.driver.maxResultSize": "1m"}),
-        "LAKEHOUSE__DECISION__ENABLED": "false",
+        # no model is registered under these names: rules and statistics decide (the models' path is in
+        # test_decisions_stream)
+        **{
+            f"LAKEHOUSE__MODELS__{role}_NAME": f"medallion-{root.name}-{role.lower()}"
+            for role in ("SUPERVISED", "UNSUPERVISED", "MARKET")
+        },
     }
     settings, env = isolated(root, "medallion", overrides)
     log = eventlog.from_settings(settings)
@@ -115,6 +119,15 @@ def test_medallion_end_to_end(medallion):
         vectors.column("card_tx_count_24h").null_count == 0 and max(vectors.column("card_tx_count_24h").to_pylist()) > 1
     )
     assert table(settings, "features", "market_ticks").num_rows == table(settings, "silver", "market_ticks").num_rows
+    # one decision per transaction, made on the executors; each review or block raised one alert
+    decisions = table(settings, "gold", "decisions").to_pylist()
+    assert sorted(d["transaction_id"] for d in decisions) == sorted(ids)
+    assert all(d["model_name"] is None and d["rules_version"] and d["latency_ms"] >= 0 for d in decisions)
+    flagged = {d["transaction_id"] for d in decisions if d["decision"] != "approve"}
+    topics = (settings.eventlog.topics.fraud_alerts.name, settings.eventlog.topics.fraud_review.name)
+    alerts = [json.loads(r.value)["transaction_id"] for t in topics for p, end in log.end_offsets(t).items()
+              for r in log.read(t, p, 0, end)]  # fmt: skip
+    assert flagged and sorted(alerts) == sorted(flagged)
     # enrichment from the reference tables
     assert all(r["mcc_category"] for r in silver.to_pylist())
 

@@ -115,28 +115,47 @@ def test_rows_written_dead_letters_late_and_duplicates():
 
 def decision(outcome: str, route: str = "champion", **fields) -> dict:
     row = {"decision": outcome, "route": route, "ml_probability": 0.42, "scoring_ms": 0.8,
-           "shadow_decision": None, "shadow_probability": None}  # fmt: skip
+           "shadow_decision": None, "shadow_probability": None, "latency_ms": None, "model_error": None}  # fmt: skip
     return {**row, **fields}
 
 
-def test_decisions_by_outcome_route_shadow_and_latencies():
-    before = {k: value(k) for k in ("fraud_scoring_latency_seconds_count", "fraud_decision_latency_seconds_count")}
+def observed(spark, rows: list[dict]) -> list[dict]:
+    """``rows`` as decisions in a DataFrame, aggregated as the stream does on its executors."""
+    from serving.stream import observations
+
+    schema = ("decision string, route string, ml_probability double, scoring_ms double, shadow_decision string, "
+              "shadow_probability double, latency_ms double, model_error string")  # fmt: skip
+    return [r.asDict() for r in observations(spark.createDataFrame(rows, schema)).collect()]
+
+
+def test_decisions_by_outcome_route_shadow_and_latencies(spark):
+    before = {k: value(k) for k in ("fraud_scoring_latency_seconds_count", "fraud_decision_latency_seconds_count",
+                                    "fraud_decision_latency_seconds_sum")}  # fmt: skip
     approve_before = value("fraud_decisions_total", decision="approve", route="challenger")
     shadow_before = value("fraud_shadow_decisions_total", decision="block", shadow_decision="review")
+    low = value("fraud_decision_latency_seconds_bucket", le="2.0")
     rows = [
-        decision("approve", "challenger", ml_probability=None),
+        decision("approve", "challenger", ml_probability=None, latency_ms=1500.0),
         decision("block", shadow_decision="review", shadow_probability=0.6, ml_probability=0.95),
-        decision("block", scoring_ms=None),
+        decision("block", scoring_ms=None, latency_ms=250.0),
+        decision("review", latency_ms=1900.0, model_error="xgb v3 failed to score"),
     ]
-    metrics.observe_decisions(rows, [1500.0, None, 250.0])
+    seen = observed(spark, rows)
+    # an aggregate: one row per metric, labels and bucket (the two latencies in 1..2 s share theirs)
+    assert len([o for o in seen if o["metric"] == "latency"]) == 2
+    assert [(o["a"], o["n"]) for o in seen if o["metric"] == "model_error"] == [("xgb v3 failed to score", 1)]
+    metrics.observe_decisions(seen)
     assert value("fraud_decisions_total", decision="approve", route="challenger") == approve_before + 1
     assert value("fraud_shadow_decisions_total", decision="block", shadow_decision="review") == shadow_before + 1
-    assert value("fraud_scoring_latency_seconds_count") == before["fraud_scoring_latency_seconds_count"] + 2
-    assert value("fraud_decision_latency_seconds_count") == before["fraud_decision_latency_seconds_count"] + 2
+    assert value("fraud_scoring_latency_seconds_count") == before["fraud_scoring_latency_seconds_count"] + 3
+    assert value("fraud_decision_latency_seconds_count") == before["fraud_decision_latency_seconds_count"] + 3
+    assert value("fraud_decision_latency_seconds_sum") == pytest.approx(before["fraud_decision_latency_seconds_sum"]
+                                                                        + 3.65)  # fmt: skip
+    assert value("fraud_decision_latency_seconds_bucket", le="2.0") == low + 3
     assert value("fraud_model_probability_bucket", role="challenger", le="0.7") >= 1  # the shadow's 0.6
     metrics.observe_alerts(["block", "review", "block"])
     assert value("fraud_alerts_published_total", decision="block") >= 2
-    metrics.observe_anomalies([{"symbol": "T-ACME"}, {"symbol": "T-ACME"}])
+    metrics.observe_anomalies({"T-ACME": 2})
     assert value("fraud_market_anomalies_total", symbol="T-ACME") == 2
     metrics.observe_model_errors("t-stage", 3)
     assert value("fraud_model_errors_total", stage="t-stage") == 3
@@ -337,10 +356,10 @@ def api_server(settings: Settings, tmp_path: Path):
     thread.join(10)
 
 
-def test_prometheus_scrapes_the_stream_and_the_api(api_server: str, tmp_path: Path):
+def test_prometheus_scrapes_the_stream_and_the_api(api_server: str, tmp_path: Path, spark):
     # the stream's exporter, with a batch, a decision and a lag
     metrics.observe_progress(progress("t.scraped", 0, rows=123))
-    metrics.observe_decisions([decision("review", "t-route")])
+    metrics.observe_decisions(observed(spark, [decision("review", "t-route")]))
     metrics.CONSUMER_LAG.labels("t-scraped-topic").set(17)
     exporter, _ = start_http_server(free_port(), "127.0.0.1", registry=exposed_registry())
     stream = f"127.0.0.1:{exporter.server_port}"

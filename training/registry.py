@@ -2,8 +2,9 @@
 and a loader that follows an alias while the stream or the API runs.
 
 A data scientist promotes a challenger by moving the ``champion`` alias (MLflow UI or ``python -m training
-promote``); every running ``ModelLoader`` re-resolves its alias each ``models.refresh_seconds`` and swaps the
-new version in without a restart. Each score carries the version that produced it.
+promote``); every running ``AliasFollower`` (the stream's driver) and ``ModelLoader`` (the API) re-resolves its
+alias each ``models.refresh_seconds`` and takes the new version without a restart. Each score carries the
+version that produced it.
 """
 
 from __future__ import annotations
@@ -133,41 +134,59 @@ class LoadedModel:
         return self.metadata.get("thresholds", {})
 
 
-class ModelLoader:
-    """Follows ``models:/NAME@ALIAS``: loads it once, then re-resolves the alias every ``refresh_seconds`` in a
-    background thread and swaps in a new version when the alias moves. A failed refresh keeps the model it has
-    (and retries); ``current`` never blocks on the registry."""
+@dataclass(frozen=True)
+class ModelRef:
+    """One registered version, as the alias pointed when it was resolved."""
+
+    name: str
+    alias: str
+    version: str
+
+
+def load(settings: Settings, ref: ModelRef) -> LoadedModel:
+    """Load a registered version (its pyfunc and metadata) from the registry."""
+    client(settings)  # the tracking and registry URIs of this process
+    model = mlflow.pyfunc.load_model(f"models:/{ref.name}/{ref.version}")
+    return LoadedModel(ref.name, ref.alias, ref.version, model, model.metadata.metadata or {}, time.time())
+
+
+class AliasFollower:
+    """Follows ``models:/NAME@ALIAS``: resolves it once, then again every ``refresh_seconds`` in a background
+    thread, and keeps what ``resolved`` makes of each new version (here the ``ModelRef``). A failed refresh keeps
+    what it has (and retries); ``current`` never blocks on the registry."""
 
     def __init__(self, settings: Settings, name: str, alias: str = CHAMPION, refresh_seconds: float | None = None):
-        # MLflow retries an unreachable server for minutes by default; a loader would rather retry on its own
+        # MLflow retries an unreachable server for minutes by default; a follower would rather retry on its own
         # next refresh (unless the process configured these itself)
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-        self.name, self.alias = name, alias
+        self.settings, self.name, self.alias = settings, name, alias
         self.refresh_seconds = refresh_seconds or settings.models.refresh_seconds
         self._client = client(settings)
-        self._current: LoadedModel | None = None
+        self._current = None
         self._stop = threading.Event()
         try:
             self.refresh()
-        except Exception as exc:  # the registry down at start: no model until a background refresh gets one
+        except Exception as exc:  # the registry down at start: nothing until a background refresh gets it
             log.warning("models:/%s@%s unavailable (retrying every %s s): %s", name, alias, self.refresh_seconds, exc)
         self._thread = threading.Thread(target=self._run, name=f"model-loader-{name}@{alias}", daemon=True)
         self._thread.start()
 
+    def resolved(self, ref: ModelRef):
+        return ref
+
     @property
-    def current(self) -> LoadedModel:
+    def current(self):
         if self._current is None:
             raise LookupError(f"models:/{self.name}@{self.alias} is not set")
         return self._current
 
     def refresh(self) -> bool:
-        """Re-resolve the alias now; True if a new version was loaded."""
+        """Re-resolve the alias now; True if a new version was taken."""
         version = alias_version(self._client, self.name, self.alias)
         if version is None or (self._current is not None and self._current.version == version):
             return False
-        model = mlflow.pyfunc.load_model(f"models:/{self.name}/{version}")
-        self._current = LoadedModel(self.name, self.alias, version, model, model.metadata.metadata or {}, time.time())
+        self._current = self.resolved(ModelRef(self.name, self.alias, version))
         log.info("models:/%s@%s is now version %s", self.name, self.alias, version)
         return True
 
@@ -175,7 +194,7 @@ class ModelLoader:
         while not self._stop.wait(self.refresh_seconds):
             try:
                 self.refresh()
-            except Exception as exc:  # the registry may be down: keep scoring with the model we have
+            except Exception as exc:  # the registry may be down: keep the version we have
                 log.warning(
                     "refreshing models:/%s@%s failed (keeping version %s): %s",
                     self.name,
@@ -187,6 +206,17 @@ class ModelLoader:
     def close(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
+
+
+class ModelLoader(AliasFollower):
+    """An ``AliasFollower`` that loads each version it follows (the API's and the tests' in-process scoring)."""
+
+    def resolved(self, ref: ModelRef) -> LoadedModel:
+        return load(self.settings, ref)
+
+    @property
+    def current(self) -> LoadedModel:
+        return super().current
 
 
 def describe(mc: MlflowClient, names: list[str]) -> dict[str, list[dict]]:
