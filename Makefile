@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 export PYSPARK_PYTHON := $(abspath $(PY))
 export PYSPARK_DRIVER_PYTHON := $(abspath $(PY))
 
-.PHONY: install up down status stream serve traffic test test-unit lint format clean-state bench optimize backfill reference training-set train evaluate promote models prometheus report quality-report notebooks e2e
+.PHONY: install up down status stream cluster-up cluster-down stream-cluster serve traffic test test-unit lint format clean-state bench optimize backfill reference training-set train evaluate promote models prometheus report quality-report notebooks e2e
 
 install: $(VENV)/.installed  ## create the venv and install the project and its dev extras; apt: Java, Redis, PostgreSQL, Chromium, Prometheus
 
@@ -40,6 +40,15 @@ status:  ## health of every service and the size of every topic
 
 stream: up  ## synthetic traffic + the streaming pipeline, until Ctrl-C
 	$(PY) -m lakehouse.pipeline
+
+cluster-up: up  ## a Spark standalone master and two workers on loopback, from the PySpark install (docs/local-stack.md)
+	$(PY) -m lakehouse.stack cluster-up
+
+cluster-down:  ## stop the Spark standalone cluster
+	$(PY) -m lakehouse.stack cluster-down
+
+stream-cluster: cluster-up  ## `make stream` with the pipeline submitted to the standalone cluster (checkpoints on S3)
+	$(PY) -m lakehouse.stack cluster-run $(PY) -m lakehouse.pipeline
 
 traffic: up  ## only the synthetic traffic, until Ctrl-C
 	$(PY) -m lakehouse.traffic generate --with-market

@@ -240,6 +240,23 @@ class MetricsSettings(BaseModel):
     scrape_interval_s: float = Field(default=5.0, gt=0)
 
 
+class ClusterSettings(BaseModel):
+    """The Spark standalone cluster ``make cluster-up`` starts from the PySpark install, on loopback."""
+
+    master_port: int = 7077
+    webui_port: int = 8080  # the workers' web UIs take the ports after it
+    workers: int = Field(default=2, ge=1)
+    worker_cores: int = Field(default=1, ge=1)
+    worker_memory: str = "2g"
+    executor_memory: str = "1g"
+    # where a pipeline submitted to the cluster keeps its checkpoints: storage every executor shares
+    checkpoint_root: str = "s3a://lakehouse/checkpoints-cluster"
+
+    @property
+    def master_url(self) -> str:
+        return f"spark://127.0.0.1:{self.master_port}"
+
+
 class SparkSettings(BaseModel):
     master: str = "local[2]"
     shuffle_partitions: int = 4
@@ -250,6 +267,7 @@ class SparkSettings(BaseModel):
     checkpoint_root: str = ".state/checkpoints"
     # any other Spark settings, applied last (e.g. LAKEHOUSE__SPARK__CONF='{"spark.driver.maxResultSize": "1m"}')
     conf: dict[str, str] = {}
+    cluster: ClusterSettings = ClusterSettings()
 
 
 class TrafficSettings(BaseModel):

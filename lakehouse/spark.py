@@ -40,7 +40,7 @@ def get_spark(settings: Settings, app_name: str = "fraud-lakehouse") -> SparkSes
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     sp = settings.spark
-    if sp.master.startswith("local"):
+    if sp.master.startswith(("local", "spark://127.0.0.1:", "spark://localhost:")):
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # else the driver binds (and warns about) eth0
     builder = (
         SparkSession.builder.appName(app_name)

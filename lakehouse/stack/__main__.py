@@ -1,37 +1,45 @@
-"""``python -m lakehouse.stack up|down|status``: the embedded stack of the current profile."""
+"""``python -m lakehouse.stack up|down|status``: the embedded stack of the current profile;
+``cluster-up|cluster-down``: its Spark standalone cluster; ``cluster-run CMD...``: a command submitted to it."""
 
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
 import sys
 import time
 
 from lakehouse import eventlog
 from lakehouse.config import Settings, get_settings
+from lakehouse.stack.cluster import cluster_env, cluster_services
 from lakehouse.stack.postgres import ensure_database
 from lakehouse.stack.process import ProcessManager, ServiceError
 from lakehouse.stack.services import stack_services
 
 
-def up(settings: Settings) -> None:
+def start(settings: Settings, services: list) -> None:
     manager = ProcessManager(settings.state_path)
-    for svc in stack_services(settings):
+    for svc in services:
         if svc.name == "mlflow":
             ensure_database(settings.mlflow.backend_store_uri)
         t0 = time.monotonic()
-        print(
-            f"  {svc.name:<13} {manager.start(svc)} in {time.monotonic() - t0:.1f} s  {svc.endpoint}",
-            flush=True,
-        )
+        print(f"  {svc.name:<13} {manager.start(svc)} in {time.monotonic() - t0:.1f} s  {svc.endpoint}", flush=True)
+
+
+def up(settings: Settings) -> None:
+    start(settings, stack_services(settings))
     log = eventlog.from_settings(settings)
     eventlog.ensure_topics(log, settings)
     log.close()
     print(f"  topics        {', '.join(t.name for t in settings.eventlog.topics.all())}")
 
 
-def down(settings: Settings) -> None:
+def down(settings: Settings, services: list | None = None) -> None:
     manager = ProcessManager(settings.state_path)
-    for svc in reversed(stack_services(settings)):
+    if services is None:  # everything: the cluster (when it runs), then the stack
+        cluster = [svc for svc in cluster_services(settings) if manager.pid(svc.name)]
+        services = [*stack_services(settings), *cluster]
+    for svc in reversed(services):
         print(f"  {svc.name:<13} {manager.stop(svc)}", flush=True)
 
 
@@ -69,15 +77,25 @@ def status(settings: Settings) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m lakehouse.stack", description=__doc__)
-    parser.add_argument("command", choices=["up", "down", "status"])
+    parser.add_argument("command", choices=["up", "down", "status", "cluster-up", "cluster-down", "cluster-run"])
+    parser.add_argument("run", nargs=argparse.REMAINDER, help="cluster-run: the command to run against the cluster")
     args = parser.parse_args(argv)
     settings = get_settings()
+    if args.command == "cluster-run":
+        if not args.run:
+            parser.error("cluster-run needs a command, e.g. cluster-run python -m lakehouse.pipeline")
+        return subprocess.call(args.run, env={**os.environ, **cluster_env(settings)})
     print(f"stack '{settings.profile}' (state in {settings.state_path})")
     try:
         if args.command == "up":
             up(settings)
         elif args.command == "down":
             down(settings)
+        elif args.command == "cluster-up":
+            start(settings, cluster_services(settings))
+            print("  submit with: python -m lakehouse.stack cluster-run python -m lakehouse.pipeline")
+        elif args.command == "cluster-down":
+            down(settings, cluster_services(settings))
         else:
             return 0 if status(settings) else 1
     except ServiceError as exc:
