@@ -162,6 +162,20 @@ def batch_tag(app_id: str, batch_id: int) -> str:
     return f"batch {batch_id} of {app_id}"
 
 
+def batch_of(commit: dict) -> tuple[str | None, int | None]:
+    """(streaming query id, batch id) of a commit a micro-batch wrote, from Spark's ``userMetadata`` tag
+    (``batch_tag``: the app id is the query id, or ``<query id>/<output>``) or delta-rs's custom metadata;
+    (None, None) for any other commit."""
+    tag = commit.get("userMetadata") or ""
+    if tag.startswith("batch ") and " of " in tag:
+        batch, app = tag.removeprefix("batch ").split(" of ", 1)
+        if batch.isdigit():
+            return app.split("/")[0], int(batch)
+    if commit.get("streaming.batch_id"):
+        return commit.get("streaming.query_id"), int(commit["streaming.batch_id"])
+    return None, None
+
+
 _TXN_APP, _TXN_VERSION = "spark.databricks.delta.write.txnAppId", "spark.databricks.delta.write.txnVersion"
 _USER_METADATA = "spark.databricks.delta.commitInfo.userMetadata"
 # another writer (OPTIMIZE, a backfill) committed what this one read: the write is re-run on the new snapshot

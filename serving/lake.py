@@ -7,24 +7,18 @@ were at a version or a time (Delta time travel, not a copy), a table's history f
 
 from __future__ import annotations
 
-import json
 from collections.abc import Collection
 from datetime import UTC, date, datetime
-from pathlib import Path
 
 from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
 
-from gold.tables import DECISIONS_TABLE, FRAUD_SUMMARY_DAILY
-from lakehouse import delta, eventlog
+from lakehouse import delta
+from lakehouse.catalog import DECISIONS_TABLE, FRAUD_SUMMARY_DAILY, LABELS_TABLE, TRANSACTIONS, get
 from lakehouse.config import Settings
 from lakehouse.maintenance import TimeTravelError, open_as_of
-from lakehouse.streaming import checkpoint_dir
-from lakehouse.tables import get
-from silver.tables import LABELS_TABLE, TRANSACTIONS
 
 # the bronze queries and the topics they consume (the stream's entry point: its lag is the pipeline's)
-CONSUMERS = {"bronze.transactions": "transactions", "bronze.labels": "labels", "bronze.market_ticks": "market_ticks"}
 
 
 def _matching(dt: DeltaTable, column: str, values: Collection[object], columns: list[str] | None = None) -> list[dict]:
@@ -141,13 +135,14 @@ class LakeReader:
             return []
         out = []
         for h in commits:
+            query_id, batch_id = delta.batch_of(h)
             out.append({
                 "version": h.get("version"),
                 "timestamp": datetime.fromtimestamp(h["timestamp"] / 1000, UTC) if "timestamp" in h else None,
                 "operation": h.get("operation"),
                 "parameters": h.get("operationParameters") or {},
-                "query_id": h.get("streaming.query_id"),
-                "batch_id": int(h["streaming.batch_id"]) if h.get("streaming.batch_id") else None,
+                "query_id": query_id,
+                "batch_id": batch_id,
                 "metrics": h.get("operationMetrics") or {},
             })  # fmt: skip
         return out
@@ -160,27 +155,3 @@ class LakeReader:
 
     def reachable(self) -> bool:
         return delta.table_exists(self.settings, self.decisions)
-
-
-def committed_offsets(checkpoint: str) -> dict[str, int] | None:
-    """The source offsets (partition -> next offset) of a query's last committed batch, from Spark's checkpoint
-    (``offsets/N`` holds a batch's planned end, ``commits/N`` marks it done); None before the first commit."""
-    root = Path(checkpoint)
-    commits = [int(p.name) for p in (root / "commits").glob("[0-9]*")] if (root / "commits").is_dir() else []
-    if not commits:
-        return None
-    lines = (root / "offsets" / str(max(commits))).read_text().splitlines()
-    offsets = json.loads(lines[2])  # Kafka's source: {"<topic>": {"<partition>": next offset}}
-    if len(offsets) == 1 and isinstance(next(iter(offsets.values())), dict):
-        offsets = next(iter(offsets.values()))
-    return {str(p): int(o) for p, o in offsets.items()}
-
-
-def consumer_lag(settings: Settings, log: eventlog.EventLog) -> dict[str, int | None]:
-    """Per bronze query, the records of its topic not yet committed to bronze (None: the query never ran)."""
-    out: dict[str, int | None] = {}
-    for query, attr in CONSUMERS.items():
-        done = committed_offsets(checkpoint_dir(settings, query))
-        ends = log.end_offsets(getattr(settings.eventlog.topics, attr).name)
-        out[query] = None if done is None else sum(max(0, e - done.get(str(p), 0)) for p, e in ends.items())
-    return out

@@ -39,3 +39,10 @@ def test_tables_are_readable_by_polars_and_duckdb(stack, tmp_path):
     arrow = delta.read_arrow(stack, uri)
     assert pl.from_arrow(arrow)["id"].sum() == 6
     assert duckdb.sql("select sum(id) from arrow").fetchall()[0][0] == 6
+
+
+def test_a_commit_names_the_streaming_batch_that_wrote_it():
+    assert delta.batch_of({"userMetadata": delta.batch_tag("5f0c-q/decisions", 12)}) == ("5f0c-q", 12)
+    assert delta.batch_of({"userMetadata": delta.batch_tag("5f0c-q", 0)}) == ("5f0c-q", 0)
+    assert delta.batch_of({"streaming.query_id": "q1", "streaming.batch_id": "3"}) == ("q1", 3)  # delta-rs's
+    assert delta.batch_of({"operation": "OPTIMIZE"}) == delta.batch_of({"userMetadata": "a note"}) == (None, None)
