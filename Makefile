@@ -30,28 +30,28 @@ $(VENV)/.installed: pyproject.toml jvm/spark/pom.xml jvm/kafka/pom.xml
 	@touch $@
 
 up: install  ## start the local stack (event log, online Redis, PostgreSQL, S3, MLflow) and create the topics
-	$(PY) -m lakehouse.stack up
+	$(PY) -m tools.stack up
 
 down:  ## stop the local stack
-	$(PY) -m lakehouse.stack down
+	$(PY) -m tools.stack down
 
 status:  ## health of every service and the size of every topic
-	$(PY) -m lakehouse.stack status
+	$(PY) -m tools.stack status
 
 stream: up  ## synthetic traffic + the streaming pipeline, until Ctrl-C
 	$(PY) -m lakehouse.pipeline
 
 cluster-up: up  ## a Spark standalone master and two workers on loopback, from the PySpark install (docs/local-stack.md)
-	$(PY) -m lakehouse.stack cluster-up
+	$(PY) -m tools.stack cluster-up
 
 cluster-down:  ## stop the Spark standalone cluster
-	$(PY) -m lakehouse.stack cluster-down
+	$(PY) -m tools.stack cluster-down
 
 stream-cluster: cluster-up  ## `make stream` with the pipeline submitted to the standalone cluster (checkpoints on S3)
-	$(PY) -m lakehouse.stack cluster-run $(PY) -m lakehouse.pipeline
+	$(PY) -m tools.stack cluster-run $(PY) -m lakehouse.pipeline
 
 traffic: up  ## only the synthetic traffic, until Ctrl-C
-	$(PY) -m lakehouse.traffic generate --with-market
+	$(PY) -m tools.traffic generate --with-market
 
 optimize: up  ## compact small files, VACUUM past the retention window, checkpoint the log (every table)
 	$(PY) -m lakehouse.maintenance all
@@ -72,7 +72,7 @@ test-unit: install  ## only the fast tests that need no service
 
 backfill: up  ## re-run silver and gold from bronze for event dates FROM..TO (e.g. make backfill FROM=2026-03-01 TO=2026-03-07)
 	@test -n "$(FROM)" -a -n "$(TO)" || { echo "usage: make backfill FROM=YYYY-MM-DD TO=YYYY-MM-DD"; exit 2; }
-	$(PY) -m lakehouse.backfill --from $(FROM) --to $(TO)
+	$(PY) -m gold.backfill --from $(FROM) --to $(TO)
 
 training-set: up  ## point-in-time training set for event dates FROM..TO (labels known by TO + 1 day + LABEL_DELAY)
 	@test -n "$(FROM)" -a -n "$(TO)" || { echo "usage: make training-set FROM=YYYY-MM-DD TO=YYYY-MM-DD [LABEL_DELAY=7d]"; exit 2; }
@@ -101,7 +101,7 @@ report: up  ## model and data monitoring report of event dates FROM..TO (default
 	$(PY) -m monitoring report $(if $(FROM),--from $(FROM)) $(if $(TO),--to $(TO)) $(if $(OUT),--out $(OUT)) $(REPORT_ARGS)
 
 quality-report: up  ## GX suites on the newest DAYS (default 7) of silver.transactions and the gold daily tables; Data Docs (HTML)
-	$(PY) -m lakehouse.quality report $(if $(DAYS),--days $(DAYS))
+	$(PY) -m gold.quality_report report $(if $(DAYS),--days $(DAYS))
 
 reference: up  ## load conf/reference/*.csv into the silver reference tables (upsert)
 	$(PY) -m silver.reference load
@@ -110,7 +110,7 @@ clean-state: down  ## delete all local data (tables, checkpoints, event log, MLf
 	rm -rf .state
 
 e2e: up  ## the end-to-end acceptance run: traffic, crashes, outage, training, scoring, invariants (E2E_ARGS=--help)
-	$(PY) -m lakehouse.e2e $(E2E_ARGS)
+	$(PY) -m tools.e2e $(E2E_ARGS)
 
 bench: up  ## throughput, latency and memory figures, printed and written to bench/results/
 	@command -v wrk >/dev/null || { echo "installing wrk (apt)"; apt-get install -y -q wrk >/dev/null; }

@@ -24,7 +24,7 @@ import httpx
 
 from bench.memory import rss_mb
 from lakehouse.config import Settings
-from lakehouse.stack.process import free_port
+from tools.stack.process import free_port
 
 SCRIPT = """
 local bodies = {}

@@ -23,11 +23,11 @@ from features import online
 from features.request import ReferenceLookup, RequestFeatures
 from features.store import OnlineStore
 from lakehouse import delta
+from lakehouse.catalog import TRANSACTIONS
 from lakehouse.config import Settings, isolated
 from lakehouse.tables import ensure
-from lakehouse.traffic.generator import GeneratorConfig, TrafficGenerator
 from silver import reference
-from silver.tables import TRANSACTIONS
+from tools.traffic.generator import GeneratorConfig, TrafficGenerator
 
 BATCH = 2000
 PLACE_KEYS = ("transaction_id", "terminal_id", "merchant_id")

@@ -84,7 +84,7 @@ def run(
     log = eventlog.from_settings(bs)
     eventlog.ensure_topics(log, bs)
     full_env = {**os.environ, **env}
-    gen = [sys.executable, "-m", "lakehouse.traffic", "generate", "--seed", "7", "--speedup", "0"]
+    gen = [sys.executable, "-m", "tools.traffic", "generate", "--seed", "7", "--speedup", "0"]
     subprocess.run([*gen, "--max-events", str(events), "--start", "2026-03-02T00:00:00Z"], env=full_env, check=True)
     txns = sum(log.end_offsets(bs.eventlog.topics.transactions.name).values())
     rows: list[dict] = []

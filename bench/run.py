@@ -26,9 +26,9 @@ from bench.memory import rss_mb
 from lakehouse import PROJECT_ROOT, delta, eventlog
 from lakehouse.config import get_settings
 from lakehouse.contracts import Limits, decode, encode
-from lakehouse.stack.process import ProcessManager
-from lakehouse.stack.services import stack_services
-from lakehouse.traffic.generator import GeneratorConfig, TrafficGenerator
+from tools.stack.process import ProcessManager
+from tools.stack.services import stack_services
+from tools.traffic.generator import GeneratorConfig, TrafficGenerator
 from training import registry
 
 RESULTS = PROJECT_ROOT / "bench" / "results"

@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = get_settings()
 
     if args.command == "catalogue":
-        from features.definitions import markdown
+        from lakehouse.feature_definitions import markdown
 
         print(markdown())
         return 0

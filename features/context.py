@@ -11,7 +11,7 @@ import math
 from pyspark.sql import Column
 from pyspark.sql import functions as F
 
-from features.definitions import (
+from lakehouse.feature_definitions import (
     CARD_PRESENT_CHANNELS,
     COUNTRY_RISK,
     EARTH_RADIUS_KM,

@@ -21,13 +21,12 @@ from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery
 
 from features import stateful
-from features.definitions import FEATURE_VERSION, MARKET_FEATURES, TRANSACTION_FEATURES
-from features.tables import MARKET_FEATURES_TABLE, TRANSACTION_FEATURES_TABLE
 from lakehouse import delta, metrics
+from lakehouse.catalog import MARKET_FEATURES_TABLE, MARKET_TICKS, TRANSACTION_FEATURES_TABLE, TRANSACTIONS
 from lakehouse.config import Settings
+from lakehouse.feature_definitions import FEATURE_VERSION, MARKET_FEATURES, TRANSACTION_FEATURES
 from lakehouse.streaming import QueryIds, checkpoint_dir, start_batches
 from lakehouse.tables import TableSpec, conform_df, ensure
-from silver.tables import MARKET_TICKS, TRANSACTIONS
 
 TX_QUERY, TICKS_QUERY = "features.transactions", "features.market"
 

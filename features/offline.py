@@ -1,4 +1,4 @@
-"""The offline engine: every feature of ``features.definitions`` as Spark window functions over history.
+"""The offline engine: every feature of ``lakehouse.feature_definitions`` as Spark window functions over history.
 
 Pure DataFrame → DataFrame. A transaction's features use only events before it (``rangeBetween(.., -1)`` on
 millisecond time); tiled windows are the hourly tiles before the transaction's hour (a window over the tile
@@ -11,7 +11,8 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 from features.context import context_columns, haversine_column, location_columns, speed_column
-from features.definitions import (
+from features.online import PLACES
+from lakehouse.feature_definitions import (
     CARD_WINDOWS,
     LOOKBACK,
     MARKET_FEATURE_NAMES,
@@ -21,7 +22,6 @@ from features.definitions import (
     TRANSACTION_FEATURE_NAMES,
     W24H,
 )
-from features.online import PLACES
 
 KEYS = ("transaction_id", "card_id", "event_time", "event_date")
 UNBOUNDED = Window.unboundedPreceding

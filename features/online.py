@@ -26,7 +26,7 @@ import math
 from collections.abc import Callable, Sequence
 
 from features.context import context_values, haversine_km, location, speed_kmh
-from features.definitions import (
+from lakehouse.feature_definitions import (
     CARD_WINDOWS,
     EXACT_HISTORY,
     LOOKBACK,

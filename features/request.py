@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 
 from features import online
 from features.context import context_values
-from features.definitions import CONTEXT, TRANSACTION_FEATURE_NAMES
 from features.store import OnlineStore, OnlineStoreUnavailable
 from lakehouse import delta
 from lakehouse.config import Settings
+from lakehouse.feature_definitions import CONTEXT, TRANSACTION_FEATURE_NAMES
 from silver.reference import REFERENCES
 
 # the reference columns a request is enriched with (as silver.transforms.enrich does for the stream)

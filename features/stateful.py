@@ -24,9 +24,9 @@ from pyspark.sql import functions as F
 from pyspark.sql.streaming.stateful_processor import StatefulProcessor, StatefulProcessorHandle, TimerValues
 
 from features import online
-from features.definitions import Feature
-from features.tables import feature_fields
+from lakehouse.catalog import feature_fields
 from lakehouse.config import Settings
+from lakehouse.feature_definitions import Feature
 from lakehouse.tables import spark_type
 
 TX, LABEL = 0, 1  # an event's kind

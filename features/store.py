@@ -14,9 +14,9 @@ from collections.abc import Iterable
 
 import redis
 
-from features.definitions import FEATURE_VERSION
 from features.online import NEW_STATE
 from lakehouse.config import Settings
+from lakehouse.feature_definitions import FEATURE_VERSION
 
 Key = tuple[str, str]
 UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError)

@@ -19,12 +19,11 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from features import offline
-from features.definitions import FEATURE_VERSION, LOOKBACK
-from features.tables import training_set_spec
 from lakehouse import delta
+from lakehouse.catalog import TRANSACTIONS, training_set
 from lakehouse.config import Settings
+from lakehouse.feature_definitions import FEATURE_VERSION, LOOKBACK
 from lakehouse.tables import conform_df, ensure
-from silver.tables import TRANSACTIONS
 
 
 def label_cutoff(end: date, label_delay: timedelta) -> datetime:
@@ -62,7 +61,7 @@ def build(
     chunk_days: int | None = None,
 ) -> dict:
     """Build (or rebuild) the training set ``features.<table>`` for event dates ``start``..``end``."""
-    spec = training_set_spec(table)
+    spec = training_set(table)
     uri = ensure(settings, spec)
     cutoff = label_cutoff(end, label_delay)
     chunk = timedelta(days=chunk_days or settings.features.training_chunk_days)

@@ -17,12 +17,12 @@ from pyspark.sql import functions as F
 
 from gold.job import GOLD_FROM_TICKS, GOLD_FROM_TRANSACTIONS, recompute
 from lakehouse import delta, quality
+from lakehouse.catalog import MARKET_TICKS, TRANSACTIONS, get
 from lakehouse.config import Settings, get_settings
 from lakehouse.spark import get_spark
-from lakehouse.tables import TableSpec, conform_df, get
+from lakehouse.tables import TableSpec, conform_df
 from silver import expectations
 from silver.job import ReferenceCache, ensure_tables
-from silver.tables import MARKET_TICKS, TRANSACTIONS
 from silver.transforms import classify, enrich, latest_labels, parse_events
 
 
@@ -90,7 +90,7 @@ def backfill(spark: SparkSession, settings: Settings, start: date, end: date) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lakehouse.backfill", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m gold.backfill", description=__doc__)
     parser.add_argument("--from", dest="start", required=True, type=date.fromisoformat, help="first event date")
     parser.add_argument("--to", dest="end", required=True, type=date.fromisoformat, help="last event date")
     args = parser.parse_args(argv)

@@ -78,7 +78,7 @@ def daily_suite(
     )
 
 
-# the daily aggregates of gold/tables.py (fraud_summary_daily has other measures: total_count, total_amount)
+# the gold daily aggregates of lakehouse/catalog.py (fraud_summary_daily has other measures: total_count, total_amount)
 CARD_DAILY = daily_suite("gold.card_daily", "card_id")
 MERCHANT_DAILY = daily_suite("gold.merchant_daily", "merchant_id", ("merchant_category_code",))
 MCC_DAILY = daily_suite("gold.mcc_daily", "merchant_category_code", ("mcc_category",))

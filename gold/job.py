@@ -20,20 +20,21 @@ from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery
 
 from gold import transforms
-from gold.tables import (
+from lakehouse import delta
+from lakehouse.catalog import (
     CARD_DAILY,
     DECISIONS_TABLE,
     FRAUD_SUMMARY_DAILY,
     MARKET_RISK_DAILY,
+    MARKET_TICKS,
     MCC_DAILY,
     MERCHANT_DAILY,
     MODEL_COMPARISON,
+    TRANSACTIONS,
 )
-from lakehouse import delta
 from lakehouse.config import Settings
 from lakehouse.streaming import QueryIds, checkpoint_dir, start_batches
 from lakehouse.tables import TableSpec, conform_df, ensure
-from silver.tables import MARKET_TICKS, TRANSACTIONS
 
 Aggregate = Callable[[DataFrame], DataFrame]
 GOLD_FROM_TRANSACTIONS: list[tuple[TableSpec, Aggregate]] = [

@@ -1,4 +1,4 @@
-"""``python -m lakehouse.quality report [--days N]`` (``make quality-report``): the browsable data-quality report.
+"""``python -m gold.quality_report report [--days N]`` (``make quality-report``): the browsable data-quality report.
 
 Validates the newest N event dates (default 7) of silver.transactions and of the gold daily tables that have a
 suite, read with Spark's Delta reader, with a file-backed Great Expectations context under
@@ -11,6 +11,7 @@ The stream's own per-batch results stay in ``quality.expectation_results`` (what
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
@@ -172,7 +173,7 @@ def report(spark: SparkSession, settings: Settings, days: int = DEFAULT_DAYS) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lakehouse.quality", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m gold.quality_report", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     r = sub.add_parser("report", help="validate the newest days of the checked tables and build GX Data Docs")
     r.add_argument("--days", type=int, default=DEFAULT_DAYS, help=f"newest event dates (default {DEFAULT_DAYS})")
@@ -200,3 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         print(s.line())
     print(f"Data Docs: {url}")
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

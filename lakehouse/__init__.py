@@ -1,4 +1,5 @@
-"""Shared core of the fraud & risk lakehouse: settings, event contracts, event log, storage, Spark, stack."""
+"""Shared core of the fraud & risk lakehouse (it imports no stage and no tool): settings, event contracts, the
+event log, the catalog and the streaming topology, Delta and Spark, storage, quality, metrics."""
 
 from pathlib import Path
 

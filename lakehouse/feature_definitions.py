@@ -1,4 +1,5 @@
-"""Every feature, defined once: its name, entity, window and meaning.
+"""Every feature, defined once: its name, entity, window and meaning (in the shared core: the catalog types the
+feature tables from it, and the feature, training and serving stages all read it).
 
 Both engines read this registry: ``features.offline`` (Spark window functions over the Delta history, for
 training sets) and ``features.online`` (incremental state per entity, for the stream and the API). A test

@@ -33,10 +33,11 @@ from typing import TYPE_CHECKING
 import pyarrow as pa
 from deltalake import DeltaTable
 
+from lakehouse.catalog import CATALOG
 from lakehouse.config import Settings, get_settings
 from lakehouse.delta import open_table
 from lakehouse.storage import s3_client
-from lakehouse.tables import TableSpec, load_catalog
+from lakehouse.tables import TableSpec
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -616,7 +617,7 @@ def main(argv: list[str] | None = None, settings: Settings | None = None) -> int
     parser.add_argument("--full", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     settings = settings or get_settings()
-    catalog = load_catalog()
+    catalog = CATALOG
     names = list(dict.fromkeys(args.table)) if args.table else sorted(catalog)
     unknown = [n for n in names if n not in catalog]
     if unknown:

@@ -28,6 +28,7 @@ from pyspark.sql.streaming import StreamingQueryListener
 
 from lakehouse import metrics
 from lakehouse.config import Settings, get_settings
+from lakehouse.topology import consumers
 
 log = logging.getLogger(__name__)
 
@@ -121,17 +122,9 @@ class LagPoller:
         return thread
 
 
-def bronze_topics(settings: Settings) -> dict[str, str]:
-    """Bronze query name -> the topic it consumes."""
-    from bronze.job import BRONZE_TABLES
-
-    return {f"bronze.{t}": getattr(settings.eventlog.topics, a).name for a, (t, _) in BRONZE_TABLES.items()}
-
-
 def checkpoint_offsets(settings: Settings, query: str) -> dict[str, int] | None:
     """A query's committed offsets from its local checkpoint (before its first progress in this process)."""
-    from lakehouse.streaming import checkpoint_dir
-    from serving.lake import committed_offsets
+    from lakehouse.streaming import checkpoint_dir, committed_offsets
 
     checkpoint = checkpoint_dir(settings, query)
     if "://" in checkpoint:
@@ -150,7 +143,7 @@ class Monitor:
 
         cfg = settings.metrics
         self.spark, self.settings = spark, settings
-        topics = bronze_topics(settings)
+        topics = consumers(settings)
         self.listener = ProgressListener(topics)
         self.log = eventlog.from_settings(settings)
         self.poller = LagPoller(

@@ -1,7 +1,8 @@
 """``make stream``: synthetic traffic into the event log and the streaming pipeline out of it, until Ctrl-C.
 
 The pipeline is every stage's queries in one Spark application: bronze (event log → bronze Delta), silver
-(bronze → silver), features (silver → online store and feature vectors) and gold (silver → gold).
+(bronze → silver), features (silver → online store, feature vectors and decisions) and gold (silver → gold);
+``lakehouse.topology`` lists each query with what it reads and writes.
 ``--available-now`` runs the stages one after the other over what the log holds, then exits (a catch-up or a
 test run).
 """
@@ -18,9 +19,9 @@ import time
 from lakehouse.config import get_settings
 from lakehouse.observability import Monitor
 from lakehouse.spark import get_spark
+from lakehouse.topology import STAGES
 
 MAX_RESTARTS = 5
-STAGES = ("bronze", "silver", "features", "gold")  # each a package whose ``job.start`` starts its queries
 _ACTIVE: list = []  # the running queries, also while a stage is starting (so Ctrl-C can stop them)
 
 
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_traffic:
         rate = args.rate or settings.traffic.rate
         traffic = subprocess.Popen(
-            [sys.executable, "-m", "lakehouse.traffic", "generate", "--rate", str(rate), "--with-market"]
+            [sys.executable, "-m", "tools.traffic", "generate", "--rate", str(rate), "--with-market"]
         )
         print(f"traffic: {rate:.0f} transactions/s + market ticks (pid {traffic.pid})", file=sys.stderr)
     spark = get_spark(settings, "fraud-lakehouse-stream")

@@ -12,8 +12,8 @@ batch. Freshness is a table-level check: it is reported, never quarantines.
 ``record`` writes the per-expectation results to ``quality.expectation_results`` and the quarantined rows to
 ``silver.quarantine`` (exactly once per batch, with Spark's Delta writer) and counts failures in Prometheus
 counters exported as a node-exporter textfile (and served by the stream's exporter,
-``lakehouse.observability``). ``python -m lakehouse.quality report`` (``make quality-report``) validates the
-newest days of the checked tables and builds GX Data Docs (``lakehouse.quality_report``).
+``lakehouse.observability``). ``python -m gold.quality_report report`` (``make quality-report``) validates the
+newest days of the checked tables and builds GX Data Docs (``gold.quality_report``).
 
 Check names are ``<column>:<check>`` for column checks (``amount:not_nullable``, ``amount:dtype``,
 ``channel:accepted_values``) and the bare check name for checks of several columns; an expectation is named
@@ -37,60 +37,17 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import pyarrow as pa
 from prometheus_client import CollectorRegistry, Counter, write_to_textfile
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from lakehouse import delta, tables
+from lakehouse import delta
+from lakehouse.catalog import EXPECTATION_RESULTS, QUARANTINE
 from lakehouse.config import Settings
-from lakehouse.tables import TS, TableSpec
+from lakehouse.tables import TableSpec, ensure
 
 log = logging.getLogger(__name__)
-
-EXPECTATION_RESULTS = tables.register(
-    TableSpec(
-        "quality",
-        "expectation_results",
-        pa.schema(
-            [
-                pa.field("run_at", TS),
-                pa.field("suite", pa.string()),
-                pa.field("table_name", pa.string()),
-                pa.field("query_id", pa.string()),
-                pa.field("batch_id", pa.int64()),
-                pa.field("check_name", pa.string()),
-                pa.field("column_name", pa.string()),
-                pa.field("failed_count", pa.int64()),
-                pa.field("total_count", pa.int64()),
-                pa.field("success", pa.bool_()),
-                pa.field("run_date", pa.date32()),
-            ]
-        ),
-        ("run_date",),
-        "One row per expectation per checked micro-batch: failed and total counts, success.",
-    )
-)
-
-QUARANTINE = tables.register(
-    TableSpec(
-        "silver",
-        "quarantine",
-        pa.schema(
-            [
-                pa.field("suite", pa.string()),
-                pa.field("table_name", pa.string()),
-                pa.field("failed_checks", pa.string()),
-                pa.field("row_json", pa.string()),
-                pa.field("quarantined_at", TS),
-                pa.field("quarantine_date", pa.date32()),
-            ]
-        ),
-        ("quarantine_date",),
-        "Rows that failed a row-level expectation (or a batch-level one), as JSON, with the failed checks.",
-    )
-)
 
 FAILED_CHECKS_SEP = ";"
 SUITE_ERROR = "suite_error"
@@ -669,7 +626,7 @@ _ENSURED: set[str] = set()
 def _ensure(settings: Settings, spec: TableSpec) -> str:
     uri = spec.uri(settings)
     if uri not in _ENSURED:
-        tables.ensure(settings, spec)
+        ensure(settings, spec)
         _ENSURED.add(uri)
     return uri
 
@@ -754,15 +711,3 @@ def record(
     path.parent.mkdir(parents=True, exist_ok=True)
     write_to_textfile(str(path), REGISTRY)
     return True
-
-
-def main(argv: list[str] | None = None) -> int:
-    from lakehouse import quality_report
-
-    return quality_report.main(argv)
-
-
-if __name__ == "__main__":
-    from lakehouse.quality import main as _main  # the imported module's objects, not __main__'s copies
-
-    sys.exit(_main())

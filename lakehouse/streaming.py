@@ -7,12 +7,14 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.streaming import StreamingQuery
 
-from lakehouse import delta, metrics
+from lakehouse import delta, eventlog, metrics
 from lakehouse.config import Settings
+from lakehouse.topology import consumers
 
 
 @dataclass(frozen=True)
@@ -158,3 +160,27 @@ def start_to_delta(
 ) -> StreamingQuery:
     """Start ``source`` → ``stage`` → ``outputs`` → Delta tables, checkpointed under the query ``name``."""
     return start_batches(settings, name, source, delta_sink(settings, name, outputs, stage), trigger=trigger)
+
+
+def committed_offsets(checkpoint: str) -> dict[str, int] | None:
+    """The source offsets (partition -> next offset) of a query's last committed batch, from Spark's checkpoint
+    (``offsets/N`` holds a batch's planned end, ``commits/N`` marks it done); None before the first commit."""
+    root = Path(checkpoint)
+    commits = [int(p.name) for p in (root / "commits").glob("[0-9]*")] if (root / "commits").is_dir() else []
+    if not commits:
+        return None
+    lines = (root / "offsets" / str(max(commits))).read_text().splitlines()
+    offsets = json.loads(lines[2])  # Kafka's source: {"<topic>": {"<partition>": next offset}}
+    if len(offsets) == 1 and isinstance(next(iter(offsets.values())), dict):
+        offsets = next(iter(offsets.values()))
+    return {str(p): int(o) for p, o in offsets.items()}
+
+
+def consumer_lag(settings: Settings, log: eventlog.EventLog) -> dict[str, int | None]:
+    """Per bronze query, the records of its topic not yet committed to bronze (None: the query never ran)."""
+    out: dict[str, int | None] = {}
+    for query, topic in consumers(settings).items():
+        done = committed_offsets(checkpoint_dir(settings, query))
+        ends = log.end_offsets(topic)
+        out[query] = None if done is None else sum(max(0, e - done.get(str(p), 0)) for p, e in ends.items())
+    return out

@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from lakehouse import eventlog
 from lakehouse.config import Settings
 from monitoring.psi import ALERT
-from serving.stream import send_once
+from serving.pinned import send_once
 
 ALERTS_METRIC = "fraud_drift_alerts"
 
@@ -41,7 +41,7 @@ def drift_events(features: pd.DataFrame, scores: pd.DataFrame, start: date, end:
 
 
 def as_alerts(events: list[dict], prefix: str, topic: str, at_ms: int) -> list[tuple[str, str, str, dict]]:
-    """The events as ``serving.stream.send_once`` alerts: claimed as ``<prefix>:<id>``, keyed by their subject."""
+    """The events as ``serving.pinned.send_once`` alerts: claimed as ``<prefix>:<id>``, keyed by their subject."""
     return [(f"{prefix}:{e['id']}", topic, e.get("feature") or e["model_name"], {**e, "at": at_ms}) for e in events]
 
 

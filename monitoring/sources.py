@@ -20,11 +20,9 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 from mlflow import MlflowClient
 
-from features.tables import TRAINING_SET
-from gold.tables import DECISIONS_TABLE
 from lakehouse import delta
+from lakehouse.catalog import DECISIONS_TABLE, TRAINING_SET, TRANSACTIONS
 from lakehouse.config import Settings
-from silver.tables import TRANSACTIONS
 from training import registry
 from training.dataset import FEATURES, matrix
 

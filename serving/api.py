@@ -33,11 +33,12 @@ from lakehouse import eventlog
 from lakehouse.config import Settings, get_settings
 from lakehouse.contracts import ContractError, Limits, check, schema
 from lakehouse.maintenance import TimeTravelError
+from lakehouse.streaming import consumer_lag
 from serving import schemas
 from serving.auth import Authenticator, Principal
 from serving.console import router as console_router
 from serving.guard import Guard
-from serving.lake import LakeReader, consumer_lag
+from serving.lake import LakeReader
 from serving.scorer import Scorer, current
 
 log = logging.getLogger("serving.api")

@@ -31,7 +31,7 @@ from starlette.datastructures import FormData, UploadFile
 from lakehouse.config import Settings
 from lakehouse.contracts import ContractError, Limits, check, encode
 from lakehouse.eventlog import EventLogError
-from lakehouse.traffic.producer import topic_for
+from lakehouse.eventlog.producer import topic_for
 from serving.auth import Principal
 from serving.console_io import CONTRACT, FIELDS, REQUIRED, read_csv, results_csv, typed
 from serving.console_pages import CSS, render

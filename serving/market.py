@@ -19,10 +19,10 @@ import pyarrow as pa
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from features.definitions import MARKET_FEATURE_NAMES
-from gold.tables import MARKET_ANOMALIES_TABLE
 from lakehouse import delta, metrics
+from lakehouse.catalog import MARKET_ANOMALIES_TABLE
 from lakehouse.config import Settings
+from lakehouse.feature_definitions import MARKET_FEATURE_NAMES
 from lakehouse.tables import conform_df, ensure, spark_schema
 from serving import pinned
 from serving.scorer import current

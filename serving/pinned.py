@@ -9,8 +9,9 @@ effect at a batch boundary. Alerts are claimed and sent from the executors too (
 
 from __future__ import annotations
 
+import json
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import cache
@@ -95,14 +96,33 @@ def _clients(redis_url: str, bootstrap: str) -> tuple[redis.Redis, eventlog.Even
 
 
 Alert = tuple[str, str, str, dict]  # (claim key, topic, record key, event)
+ALERT_TTL_S = 14 * 86_400
 SENT = pa.schema([("topic", pa.string()), ("sent", pa.int64())])
 
 
-def publish(df: DataFrame, settings: Settings, alerts: Callable[[dict], Alert]) -> dict[str, int]:
-    """Send one alert per row of ``df`` (``alerts(row)``), each at most once (``serving.stream.send_once``), from
-    the executors; returns how many were sent, by topic."""
-    from serving.stream import send_once
+def send_once(
+    client: redis.Redis, log: eventlog.EventLog, alerts: list[Alert], ttl_s: int = ALERT_TTL_S
+) -> list[Alert]:
+    """Produce each alert ``(claim key, topic, record key, event)`` whose claim key this call sets first (``SET
+    NX``, pipelined, kept ``ttl_s``): an alert goes out once however often its batch is replayed. Returns the
+    alerts sent."""
+    if not alerts:
+        return []
+    pipe = client.pipeline(transaction=False)
+    for claim, *_ in alerts:
+        pipe.set(claim, 1, nx=True, ex=ttl_s)
+    sent = [a for a, ok in zip(alerts, pipe.execute(), strict=True) if ok]
+    by_topic: dict[str, list[tuple[str, bytes]]] = defaultdict(list)
+    for _, topic, key, event in sent:
+        by_topic[topic].append((key, json.dumps(event).encode()))
+    for topic, records in by_topic.items():
+        log.produce_batch(topic, records)
+    return sent
 
+
+def publish(df: DataFrame, settings: Settings, alerts: Callable[[dict], Alert]) -> dict[str, int]:
+    """Send one alert per row of ``df`` (``alerts(row)``), each at most once (``send_once``), from
+    the executors; returns how many were sent, by topic."""
     url, bootstrap = settings.online_store.url, settings.eventlog.kafka_bootstrap
 
     def send(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:

@@ -9,26 +9,23 @@ from __future__ import annotations
 
 import json
 import time
-from collections import defaultdict
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import pyarrow as pa
-import redis
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-from features.definitions import TRANSACTION_FEATURES, TRANSACTION_INPUTS
-from gold.tables import DECISIONS_TABLE
 from lakehouse import delta, eventlog, metrics
+from lakehouse.catalog import DECISIONS_TABLE
 from lakehouse.config import Settings
+from lakehouse.feature_definitions import TRANSACTION_FEATURES, TRANSACTION_INPUTS
 from lakehouse.tables import TS, conform, conform_df, ensure, spark_schema
 from serving import pinned
 from serving.rules import RuleBook
 from serving.scorer import Models, Scorer, current
 from training.registry import CHALLENGER, CHAMPION, AliasFollower
 
-ALERT_TTL_S = 14 * 86_400
 # what the rules and the latency need beside the feature inputs
 DECISION_INPUTS = ("merchant_category_code", "ip_hash", "customer_id", "log_time", "event_date")
 DECISION_COLUMNS = (*TRANSACTION_INPUTS, *DECISION_INPUTS, *(f.name for f in TRANSACTION_FEATURES))
@@ -46,6 +43,8 @@ def decide_batches(plan: pinned.Plan):
         scorer = Scorer(plan.settings, Models(**models), rules=pinned.fixed_rules(plan.rules))
         for batch in batches:
             rows = batch.to_pylist()
+            if not rows:
+                continue
             txs = [{c: r[c] for c in inputs} for r in rows]
             errors = scorer.model_errors
             decided = scorer.decide(txs, [{n: r[n] for n in names} for r in rows])
@@ -168,26 +167,6 @@ def flagged_alert(prefix: str, topics: dict[str, str]):
         return f"{prefix}:alert:{row['transaction_id']}", topics[row["decision"]], row["card_id"], alert(row)
 
     return make
-
-
-def send_once(
-    client: redis.Redis, log: eventlog.EventLog, alerts: list[tuple[str, str, str, dict]], ttl_s: int = ALERT_TTL_S
-) -> list[tuple[str, str, str, dict]]:
-    """Produce each alert ``(claim key, topic, record key, event)`` whose claim key this call sets first (``SET
-    NX``, pipelined, kept ``ttl_s``): an alert goes out once however often its batch is replayed. Returns the
-    alerts sent."""
-    if not alerts:
-        return []
-    pipe = client.pipeline(transaction=False)
-    for claim, *_ in alerts:
-        pipe.set(claim, 1, nx=True, ex=ttl_s)
-    sent = [a for a, ok in zip(alerts, pipe.execute(), strict=True) if ok]
-    by_topic: dict[str, list[tuple[str, bytes]]] = defaultdict(list)
-    for _, topic, key, event in sent:
-        by_topic[topic].append((key, json.dumps(event).encode()))
-    for topic, records in by_topic.items():
-        log.produce_batch(topic, records)
-    return sent
 
 
 def alert(row: dict) -> dict:

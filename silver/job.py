@@ -27,11 +27,20 @@ from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery
 
 from lakehouse import delta, metrics, quality
+from lakehouse.catalog import (
+    EXPECTATION_RESULTS,
+    LABELS_TABLE,
+    LATE_EVENTS,
+    MARKET_TICKS,
+    QUARANTINE,
+    STREAM_BATCHES,
+    TRANSACTIONS,
+    get,
+)
 from lakehouse.config import Settings
 from lakehouse.streaming import QueryIds, checkpoint_dir, start_batches
-from lakehouse.tables import TableSpec, conform_df, ensure, get, spark_schema
+from lakehouse.tables import TableSpec, conform_df, ensure, spark_schema
 from silver import expectations, reference
-from silver.tables import LABELS_TABLE, LATE_EVENTS, MARKET_TICKS, STREAM_BATCHES, TRANSACTIONS
 from silver.transforms import classify, enrich, late_events, latest_labels, parse_events, tick_id
 
 TX_QUERY = "silver.transactions"
@@ -415,8 +424,8 @@ def ensure_tables(settings: Settings) -> None:
         MARKET_TICKS,
         LATE_EVENTS,
         STREAM_BATCHES,
-        quality.EXPECTATION_RESULTS,
-        quality.QUARANTINE,
+        EXPECTATION_RESULTS,
+        QUARANTINE,
     ):
         ensure(settings, spec)
     for bronze in ("bronze.transactions", "bronze.labels", "bronze.market_ticks"):

@@ -19,84 +19,34 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from lakehouse import PROJECT_ROOT, delta
+from lakehouse.catalog import REFERENCE_TABLES
 from lakehouse.config import Settings, get_settings
-from lakehouse.tables import TS, TableSpec, ensure, register
-from lakehouse.traffic.population import FOREIGN_CITIES, HOME_CITIES, MCCS, build_population
+from lakehouse.tables import TS, TableSpec, ensure
 
 SEED_DIR = PROJECT_ROOT / "conf" / "reference"
 
 
 @dataclass(frozen=True)
 class Reference:
-    name: str
-    key: str
-    columns: tuple[tuple[str, pa.DataType], ...]
+    """A reference table of the catalog and its seed."""
+
+    spec: TableSpec
 
     @property
-    def spec(self) -> TableSpec:
-        return register(
-            TableSpec(
-                "silver",
-                f"ref_{self.name}",
-                pa.schema([*self.columns, ("updated_at", TS)]),
-                description=f"Reference data: {self.name} (seed conf/reference/{self.name}.csv), keyed by {self.key}.",
-            )
-        )
+    def name(self) -> str:
+        return self.spec.name.removeprefix("ref_")
+
+    @property
+    def key(self) -> str:
+        return self.spec.key
+
+    @property
+    def columns(self) -> tuple[tuple[str, pa.DataType], ...]:
+        """The seed's columns (the table's, without ``updated_at``)."""
+        return tuple((f.name, f.type) for f in self.spec.schema if f.name != "updated_at")
 
 
-REFERENCES = {
-    r.name: r
-    for r in (
-        Reference(
-            "mcc",
-            "merchant_category_code",
-            (
-                ("merchant_category_code", pa.string()),
-                ("mcc_category", pa.string()),
-                ("mcc_risk_tier", pa.string()),
-                ("card_not_present", pa.bool_()),
-            ),
-        ),
-        Reference(
-            "countries",
-            "country",
-            (
-                ("country", pa.string()),
-                ("country_name", pa.string()),
-                ("region", pa.string()),
-                ("country_currency", pa.string()),
-                ("country_risk_tier", pa.string()),
-            ),
-        ),
-        Reference(
-            "merchants",
-            "merchant_id",
-            (
-                ("merchant_id", pa.string()),
-                ("merchant_country", pa.string()),
-                ("merchant_lat", pa.float64()),
-                ("merchant_lon", pa.float64()),
-            ),
-        ),
-        Reference(
-            "terminals",
-            "terminal_id",
-            (
-                ("terminal_id", pa.string()),
-                ("terminal_merchant_id", pa.string()),
-                ("terminal_lat", pa.float64()),
-                ("terminal_lon", pa.float64()),
-            ),
-        ),
-        Reference(
-            "devices",
-            "device_id",
-            (("device_id", pa.string()), ("device_customer_id", pa.string()), ("device_type", pa.string())),
-        ),
-    )
-}
-for _ref in REFERENCES.values():
-    _ref.spec  # noqa: B018 - registers the table in the catalog
+REFERENCES = {name: Reference(spec) for name, spec in REFERENCE_TABLES.items()}
 
 HIGH_RISK_MCC = {"4829", "7995", "5967", "6051", "5944"}
 MEDIUM_RISK_MCC = {"5732", "5815", "5999", "4511", "7011", "6011"}
@@ -144,7 +94,10 @@ def load(settings: Settings, names: list[str] | None = None, seed_dir: Path = SE
 
 
 def write_seeds(settings: Settings, seed_dir: Path = SEED_DIR) -> None:
-    """Regenerate the seed CSVs from the synthetic population (deterministic for the traffic seed)."""
+    """Regenerate the seed CSVs from the synthetic population (deterministic for the traffic seed): a tool's
+    command, so the traffic tool is imported here only."""
+    from tools.traffic.population import FOREIGN_CITIES, HOME_CITIES, MCCS, build_population
+
     seed_dir.mkdir(parents=True, exist_ok=True)
     pop = build_population(settings.traffic.seed, settings.traffic.customers)
     cities = {c[1]: c for c in HOME_CITIES + FOREIGN_CITIES}

@@ -26,7 +26,7 @@ def settings() -> Settings:
 def stack(settings: Settings):
     """The real embedded stack (event log, online Redis, PostgreSQL, S3, MLflow) on the test profile's ports,
     fresh: every service is the project's own, its data under the test state directory."""
-    from lakehouse.stack.__main__ import down, up
+    from tools.stack.__main__ import down, up
 
     down(settings)
     shutil.rmtree(settings.state_path, ignore_errors=True)
@@ -61,7 +61,7 @@ def feature_lake(stack, tmp_path_factory):
     OnlineStore(settings).clear()
     log = eventlog.from_settings(settings)
     eventlog.ensure_topics(log, settings)
-    run(env, "-m", "lakehouse.traffic", "generate", "--rate", "0.06", "--customers", "200", "--fraud-rate", "0.03",
+    run(env, "-m", "tools.traffic", "generate", "--rate", "0.06", "--customers", "200", "--fraud-rate", "0.03",
         "--start", FEATURE_LAKE_START.isoformat(), "--days", str(FEATURE_LAKE_DAYS), "--speedup", "0",
         "--label-delay-days", "0.3", "--with-market", "--seed", "5")  # fmt: skip
     out = run(env, "-m", "lakehouse.pipeline", "--no-traffic", "--available-now")
@@ -104,7 +104,7 @@ def decided(trained):
     silver = delta.read_arrow(settings, settings.table_uri("silver", "transactions"), columns=["event_time"])
     start = max(silver.column("event_time").to_pylist()) + timedelta(minutes=5)
     market = {**env, "LAKEHOUSE__TRAFFIC__MARKET_RATE": "0.5"}  # ~8,600 ticks, ~40 of them injected anomalies
-    run(market, "-m", "lakehouse.traffic", "generate", "--rate", "1", "--customers", "200", "--fraud-rate", "0.05",
+    run(market, "-m", "tools.traffic", "generate", "--rate", "1", "--customers", "200", "--fraud-rate", "0.05",
         "--start", start.isoformat(), "--days", "0.04", "--speedup", "0", "--label-delay-days", "0.3",
         "--with-market", "--seed", "9")  # fmt: skip
     out = run(env, "-m", "lakehouse.pipeline", "--no-traffic", "--available-now")

@@ -13,10 +13,9 @@ from deltalake import write_deltalake
 from fastapi.testclient import TestClient
 from test_api import CARD, DECISIONS, T0, FakeLog, decision_row
 
-from gold.tables import DECISIONS_TABLE
+from lakehouse.catalog import DECISIONS_TABLE, LABELS_TABLE
 from lakehouse.config import Settings
 from lakehouse.eventlog import EventLogError
-from silver.tables import LABELS_TABLE
 
 # the review queue, oldest first: tx-r1 (card-00099), tx-b (CARD, from test_api), tx-r2 (card-00099); tx-r3 has a
 # chargeback label in silver

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from datetime import UTC, datetime
 
-from lakehouse.stack.process import free_port  # noqa: F401 - re-exported for the tests
+from tools.stack.process import free_port  # noqa: F401 - re-exported for the tests
 
 # the shared feature lake (conftest ``feature_lake``): two days of generated traffic from this instant
 FEATURE_LAKE_START = datetime(2026, 3, 2, tzinfo=UTC)

@@ -17,7 +17,7 @@ from test_scorer import FakeModel
 import serving.api
 from features.request import ReferenceLookup, RequestFeatures
 from features.store import OnlineStoreUnavailable
-from gold.tables import DECISIONS_TABLE
+from lakehouse.catalog import DECISIONS_TABLE, TRANSACTIONS
 from lakehouse.config import Settings
 from lakehouse.contracts import Limits, schema
 from lakehouse.maintenance import TimeTravelError
@@ -27,7 +27,6 @@ from serving.api import Services, create_app
 from serving.lake import LakeReader
 from serving.rules import RuleBook
 from serving.scorer import Models, Scorer
-from silver.tables import TRANSACTIONS
 
 LOADED_AT = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 

@@ -37,8 +37,8 @@ from support import free_port
 
 from lakehouse import delta
 from lakehouse.config import Settings
-from lakehouse.stack.process import ProcessManager
-from lakehouse.stack.services import stack_services
+from tools.stack.process import ProcessManager
+from tools.stack.services import stack_services
 from training import registry
 
 ADMIN = {"Authorization": "Bearer test-admin-token-0123456789"}

@@ -75,7 +75,7 @@ def test_generated_traffic_and_bad_records_land_exactly_once(stack, spark):
         [
             sys.executable,
             "-m",
-            "lakehouse.traffic",
+            "tools.traffic",
             "generate",
             "--rate",
             "50",

@@ -14,7 +14,7 @@ from support import run, same
 
 from lakehouse import delta, eventlog
 from lakehouse.config import Settings, isolated
-from lakehouse.stack.cluster import cluster_env, cluster_services, master_state
+from tools.stack.cluster import cluster_env, cluster_services, master_state
 
 START = "2026-03-04T10:00:00Z"
 # when a row was processed, not what it says: these differ between any two runs
@@ -31,7 +31,7 @@ COMPARED = [("bronze", t) for t in ("transactions", "labels", "market_ticks")] +
 @pytest.fixture(scope="module")
 def cluster(stack: Settings):
     """The test profile's cluster, started the way `make cluster-up` starts it, stopped after the module."""
-    from lakehouse.stack.__main__ import down, start
+    from tools.stack.__main__ import down, start
 
     services = cluster_services(stack)
     start(stack, services)
@@ -80,7 +80,7 @@ def test_the_cluster_run_writes_what_local_mode_writes(cluster: Settings, tmp_pa
     log = eventlog.from_settings(local)
     eventlog.ensure_topics(log, local)
     log.close()
-    run(local_env, "-m", "lakehouse.traffic", "generate", "--rate", "0.8", "--start", START, "--days", "0.05",
+    run(local_env, "-m", "tools.traffic", "generate", "--rate", "0.8", "--start", START, "--days", "0.05",
         "--speedup", "0", "--label-delay-days", "0.005", "--fraud-rate", "0.05", "--with-market",
         "--seed", "13")  # fmt: skip
     # the same code, submitted to the cluster: its two workers each run an executor

@@ -1,4 +1,4 @@
-"""The short end-to-end run of ``make e2e`` (``python -m lakehouse.e2e``), as a real process on the test stack:
+"""The short end-to-end run of ``make e2e`` (``python -m tools.e2e``), as a real process on the test stack:
 two days of history and a scored quarter-day with every fraud scenario and planted bad records, the pipeline
 SIGKILLed five times at random points, the event log down for longer than the log client's own retries while a
 producer sends and the pipeline runs, models trained and promoted, traffic scored by the API and the stream.
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.timeout(2700)
 @pytest.fixture(scope="module")
 def summary(stack, tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("e2e") / f"test{uuid.uuid4().hex[:8]}"  # names its topics and models
-    command = [sys.executable, "-m", "lakehouse.e2e", "--transactions", "3000", "--kills", "5",
+    command = [sys.executable, "-m", "tools.e2e", "--transactions", "3000", "--kills", "5",
                "--log-outage-s", str(OUTAGE_S), "--api-requests", "60", "--root", str(root)]  # fmt: skip
     done = subprocess.run(command, env=os.environ, capture_output=True, text=True, timeout=2400)
     print(done.stdout)

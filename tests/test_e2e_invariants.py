@@ -6,7 +6,7 @@ from datetime import date
 
 import pytest
 
-from lakehouse.e2e import invariants as inv
+from tools.e2e import invariants as inv
 
 DAY = date(2026, 4, 6)
 

@@ -4,8 +4,8 @@ import pytest
 
 from lakehouse import eventlog
 from lakehouse.eventlog import EventLogError
-from lakehouse.stack.process import ProcessManager
-from lakehouse.stack.services import stack_services
+from tools.stack.process import ProcessManager
+from tools.stack.services import stack_services
 
 
 @pytest.fixture()

@@ -1,7 +1,8 @@
 """The feature catalogue: one definition per feature, documented, and produced by the online engine as defined."""
 
-from features import definitions, online
+from features import online
 from lakehouse import PROJECT_ROOT
+from lakehouse import feature_definitions as definitions
 
 
 def test_every_feature_is_defined_once_and_documented():

@@ -16,7 +16,7 @@ from pyspark.sql import functions as F
 from support import same
 
 from features import offline, online
-from features.definitions import MARKET_FEATURE_NAMES, TRANSACTION_FEATURE_NAMES
+from lakehouse.feature_definitions import MARKET_FEATURE_NAMES, TRANSACTION_FEATURE_NAMES
 
 SEC, MIN, HOUR, DAY = 1_000, 60_000, 3_600_000, 86_400_000
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

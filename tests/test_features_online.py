@@ -12,7 +12,12 @@ import pytest
 
 from features import online
 from features.context import context_values, location
-from features.definitions import CARD_WINDOWS, MARKET_FEATURE_NAMES, TRANSACTION_FEATURE_NAMES, TRANSACTION_INPUTS
+from lakehouse.feature_definitions import (
+    CARD_WINDOWS,
+    MARKET_FEATURE_NAMES,
+    TRANSACTION_FEATURE_NAMES,
+    TRANSACTION_INPUTS,
+)
 
 SEC, MIN, HOUR, DAY = 1_000, 60_000, 3_600_000, 86_400_000
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

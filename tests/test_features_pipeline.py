@@ -15,11 +15,11 @@ from pyspark.sql import functions as F
 from support import FEATURE_LAKE_DAYS, FEATURE_LAKE_START, run, same
 
 from features import online
-from features.definitions import MARKET_FEATURE_NAMES, TRANSACTION_FEATURE_NAMES
 from features.offline import market_features
 from features.request import RequestFeatures
 from features.store import OnlineStore, OnlineStoreUnavailable
 from lakehouse import delta
+from lakehouse.feature_definitions import MARKET_FEATURE_NAMES, TRANSACTION_FEATURE_NAMES
 
 START, DAYS = FEATURE_LAKE_START, FEATURE_LAKE_DAYS
 

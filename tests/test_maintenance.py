@@ -17,7 +17,7 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable, write_deltalake
 
-from lakehouse import PROJECT_ROOT, maintenance, tables
+from lakehouse import PROJECT_ROOT, catalog, maintenance, tables
 from lakehouse.config import Settings
 from lakehouse.maintenance import TimeTravelError
 
@@ -376,7 +376,7 @@ def test_run_prints_one_line_per_table(spark, settings, tmp_path, monkeypatch):
 
 def test_cli_module_runs_over_the_catalog(settings, tmp_path):
     s = local(settings, tmp_path)
-    spec = tables.get("bronze.dead_letter")
+    spec = catalog.get("bronze.dead_letter")
     uri = tables.ensure(s, spec)
     now = datetime.now(UTC)
     for i in range(8):  # 8 one-row commits, as the bronze stream writes them
@@ -400,7 +400,7 @@ def test_cli_module_runs_over_the_catalog(settings, tmp_path):
     done = subprocess.run([*cmd, "all"], env=env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.splitlines()
-    assert len(lines) == len(tables.load_catalog())
+    assert len(lines) == len(catalog.CATALOG)
     line = next(line for line in lines if line.startswith("bronze.dead_letter: "))
     assert line.startswith("bronze.dead_letter: files 8 -> 1 (") and "compacted 1 partition(s)" in line
     assert "0 files vacuumed (0 B, retention 168 h); checkpoint v11" in line

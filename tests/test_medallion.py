@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import uuid
 from collections import Counter
 
@@ -16,7 +17,7 @@ import duckdb
 import pytest
 from support import run
 
-from lakehouse import delta, eventlog
+from lakehouse import delta, eventlog, topology
 from lakehouse.config import Settings, isolated
 from lakehouse.maintenance import as_of
 
@@ -69,9 +70,11 @@ def dropped(settings: Settings) -> Counter:
 def test_medallion_end_to_end(medallion):
     settings, env, log = medallion
     topic = settings.eventlog.topics.transactions.name
-    run(env, "-m", "lakehouse.traffic", "generate", "--rate", "1.5", "--start", START, "--days", "0.07",
+    run(env, "-m", "tools.traffic", "generate", "--rate", "1.5", "--start", START, "--days", "0.07",
         "--speedup", "0", "--label-delay-days", "0.005", "--with-market", "--seed", "11")  # fmt: skip
     first = run(env, "-m", "lakehouse.pipeline", *PIPELINE)
+    # the run started exactly the queries of the topology (each printed its first batch)
+    assert set(re.findall(r"^\[([a-z_]+\.[a-z_]+)\] batch 0:", first, re.M)) == {q.name for q in topology.QUERIES}
     assert "[silver.transactions] batch 0" in first and "[gold.daily] batch 0" in first
     assert "[features.transactions] batch 0" in first
     # silver's first batch is all of bronze: collecting it to the driver would have broken the 1 MB limit

@@ -15,12 +15,11 @@ import pyarrow as pa
 import pytest
 from deltalake import write_deltalake
 
-from gold.tables import DECISIONS_TABLE
+from lakehouse.catalog import DECISIONS_TABLE, TRANSACTIONS
 from lakehouse.config import Settings
 from lakehouse.tables import conform
 from monitoring import alerts, html, psi, report, sources, stats
-from serving.stream import send_once
-from silver.tables import TRANSACTIONS
+from serving.pinned import send_once
 from training.dataset import FEATURES
 
 EPS = 1e-4
@@ -463,7 +462,7 @@ def test_without_a_registered_model_the_report_says_why(tmp_path, monkeypatch):
 
 
 def test_the_reference_is_the_training_period_of_the_recorded_table_version(tmp_path):
-    from features.tables import TRAINING_SET
+    from lakehouse.catalog import TRAINING_SET
 
     settings = Settings(lakehouse={"root": str(tmp_path / "lake")})
     uri = TRAINING_SET.uri(settings)

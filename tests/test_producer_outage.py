@@ -24,9 +24,9 @@ from support import free_port, run
 from lakehouse import eventlog
 from lakehouse.config import Settings
 from lakehouse.eventlog import EventLog
-from lakehouse.stack.kafka import kafka_service
-from lakehouse.stack.process import ProcessManager
-from lakehouse.traffic.producer import TOPIC_OF_KIND, UndeliveredError, send, topic_for
+from lakehouse.eventlog.producer import TOPIC_OF_KIND, UndeliveredError, send, topic_for
+from tools.stack.kafka import kafka_service
+from tools.stack.process import ProcessManager
 
 
 class PrivateKafka:
@@ -84,13 +84,13 @@ def total_records(log: EventLog, settings: Settings) -> int:
 
 
 def test_generate_survives_an_outage_longer_than_the_logs_retries_without_losing_an_event(server, settings, tmp_path):
-    """``python -m lakehouse.traffic generate`` paced over ~25 s; the broker is killed 2 s in for 15 s (longer
+    """``python -m tools.traffic generate`` paced over ~25 s; the broker is killed 2 s in for 15 s (longer
     than the Kafka client's own delivery timeout of 10 s): the producer holds its batch, says so, and delivers it
     all."""
     cfg = private(settings, server)
     env = {**os.environ, "LAKEHOUSE_PROFILE": "test", "LAKEHOUSE__EVENTLOG__KAFKA_BOOTSTRAP": server.bootstrap}
     n = 500
-    args = ["-m", "lakehouse.traffic", "generate", "--rate", "20", "--with-market", "--seed", "8", "--customers",
+    args = ["-m", "tools.traffic", "generate", "--rate", "20", "--with-market", "--seed", "8", "--customers",
             "300", "--fraud-rate", "0.05", "--start", "2026-03-02T13:00:00Z", "--max-events", str(n)]  # fmt: skip
     # the same events, from the same CLI, into a file: what the log must hold at the end
     expected_file = tmp_path / "expected.jsonl"

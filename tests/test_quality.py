@@ -16,8 +16,10 @@ from chispa import assert_df_equality
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from gold import quality_report
 from gold.expectations import CARD_DAILY, MERCHANT_DAILY
-from lakehouse import PROJECT_ROOT, quality, quality_report
+from lakehouse import PROJECT_ROOT, quality
+from lakehouse.catalog import EXPECTATION_RESULTS, QUARANTINE
 from silver.expectations import TRANSACTIONS, transactions_suite
 
 gxe = quality.gx().expectations
@@ -473,7 +475,7 @@ def test_record_writes_both_tables_once_and_the_metrics(spark, settings, tmp_pat
     assert quality.record(settings, res, **kw)
     assert not quality.record(settings, res, **kw)  # a replayed batch writes and counts nothing
 
-    results_uri = quality.EXPECTATION_RESULTS.uri(settings)
+    results_uri = EXPECTATION_RESULTS.uri(settings)
     results = spark.read.format("delta").load(results_uri).collect()
     assert len(results) == len(res.results)
     assert {r["query_id"] for r in results} == {"query-1"} and {r["batch_id"] for r in results} == {7}
@@ -482,7 +484,7 @@ def test_record_writes_both_tables_once_and_the_metrics(spark, settings, tmp_pat
     assert results[0]["run_date"] == NOW.date()
     assert {r["column_name"] for r in results if r["check_name"] == "event_date_matches_event_time"} == {None}
 
-    quarantine = spark.read.format("delta").load(quality.QUARANTINE.uri(settings)).orderBy("failed_checks").collect()
+    quarantine = spark.read.format("delta").load(QUARANTINE.uri(settings)).orderBy("failed_checks").collect()
     assert [r["failed_checks"] for r in quarantine] == [
         "amount:greater_than(0)",
         "card_id:not_nullable;channel:accepted_values",

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from lakehouse import PROJECT_ROOT
-from lakehouse.traffic.replay import Mapping, Replayer, ReplayError, read_table
+from tools.traffic.replay import Mapping, Replayer, ReplayError, read_table
 
 DATA = Path(__file__).parent / "data" / "small_sparkov.csv"
 MAPPING = PROJECT_ROOT / "conf" / "mappings" / "sparkov.yaml"
@@ -94,7 +94,7 @@ def test_cli_writes_events_and_fails_clearly(tmp_path):
     cmd = [
         sys.executable,
         "-m",
-        "lakehouse.traffic",
+        "tools.traffic",
         "replay",
         str(DATA),
         "--mapping",

@@ -6,9 +6,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from lakehouse import delta
+from lakehouse.catalog import LABELS_TABLE, MARKET_TICKS, STREAM_BATCHES, TRANSACTIONS
 from lakehouse.tables import ensure, spark_schema
 from silver.job import BatchReport, Counts, SilverWriter, TransactionsBatch
-from silver.tables import LABELS_TABLE, MARKET_TICKS, STREAM_BATCHES, TRANSACTIONS
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 KEY = ["symbol", "event_time"]

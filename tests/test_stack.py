@@ -8,14 +8,12 @@ from pathlib import Path
 import botocore.exceptions
 import pytest
 
-from lakehouse.stack.services import stack_services
 from lakehouse.storage import s3_client
+from tools.stack.services import stack_services
 
 
 def test_status_reports_every_service_up(stack):
-    done = subprocess.run(
-        [sys.executable, "-m", "lakehouse.stack", "status"], capture_output=True, text=True, timeout=60
-    )
+    done = subprocess.run([sys.executable, "-m", "tools.stack", "status"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
     for svc in stack_services(stack):
         assert f"{svc.name}" in done.stdout
@@ -24,7 +22,7 @@ def test_status_reports_every_service_up(stack):
 
 
 def test_up_is_idempotent(stack):
-    done = subprocess.run([sys.executable, "-m", "lakehouse.stack", "up"], capture_output=True, text=True, timeout=120)
+    done = subprocess.run([sys.executable, "-m", "tools.stack", "up"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "already up" in done.stdout
 
@@ -58,7 +56,7 @@ def test_postgres_and_online_store_are_the_projects_own(stack):
 
     import redis
 
-    from lakehouse.stack.process import ProcessManager
+    from tools.stack.process import ProcessManager
 
     manager = ProcessManager(stack.state_path)
     pg = manager.pid("postgres")

@@ -8,11 +8,11 @@ import pytest
 
 from lakehouse.contracts import TIME_FIELDS, Limits, check, encode
 from lakehouse.eventlog import EventLog, EventLogError
-from lakehouse.traffic.__main__ import merge
-from lakehouse.traffic.generator import SCENARIOS, GeneratorConfig, TrafficGenerator
-from lakehouse.traffic.market import MARKET_SCENARIOS, MarketConfig, MarketGenerator
-from lakehouse.traffic.population import haversine_km
-from lakehouse.traffic.producer import UndeliveredError, send, topic_for
+from lakehouse.eventlog.producer import UndeliveredError, send, topic_for
+from tools.traffic.__main__ import merge
+from tools.traffic.generator import SCENARIOS, GeneratorConfig, TrafficGenerator
+from tools.traffic.market import MARKET_SCENARIOS, MarketConfig, MarketGenerator
+from tools.traffic.population import haversine_km
 
 HOURS = 3_600_000
 CFG = GeneratorConfig(seed=11, rate=12, fraud_rate=0.03, customers=800, label_delay_days=0.02, compromise_days=0.02)

@@ -9,10 +9,10 @@ from datetime import date
 import numpy as np
 import pandas as pd
 
-from features.definitions import FEATURE_VERSION, TRANSACTION_FEATURE_NAMES
-from features.tables import training_set_spec
 from lakehouse import delta
+from lakehouse.catalog import training_set
 from lakehouse.config import Settings
+from lakehouse.feature_definitions import FEATURE_VERSION, TRANSACTION_FEATURE_NAMES
 
 FEATURES: list[str] = list(TRANSACTION_FEATURE_NAMES)
 # what the evaluator needs beside the features
@@ -56,7 +56,7 @@ def array(rows: list[dict], features: list[str] = FEATURES) -> np.ndarray:
 
 def load(settings: Settings, table: str, start: date, end: date) -> Dataset:
     """The rows of ``features.<table>`` with event dates ``start``..``end``, sorted by event time."""
-    spec = training_set_spec(table)
+    spec = training_set(table)
     uri = spec.uri(settings)
     if not delta.table_exists(settings, uri):
         raise FileNotFoundError(

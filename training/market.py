@@ -16,11 +16,10 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from features.definitions import FEATURE_VERSION, MARKET_FEATURE_NAMES
-from features.tables import MARKET_FEATURES_TABLE
 from lakehouse import delta
+from lakehouse.catalog import MARKET_FEATURES_TABLE, MARKET_TICKS
 from lakehouse.config import Settings
-from silver.tables import MARKET_TICKS
+from lakehouse.feature_definitions import FEATURE_VERSION, MARKET_FEATURE_NAMES
 from training import registry, report
 from training.dataset import matrix
 from training.models import fit_isolation_forest

@@ -20,11 +20,10 @@ import numpy as np
 import pandas as pd
 from mlflow.data.delta_dataset_source import DeltaDatasetSource
 
-from features.definitions import FEATURE_VERSION
-from features.tables import EVALUATION_SET, TRAINING_SET
 from lakehouse import delta
+from lakehouse.catalog import EVALUATION_SET, TRAINING_SET, TRANSACTIONS
 from lakehouse.config import Settings
-from silver.tables import TRANSACTIONS
+from lakehouse.feature_definitions import FEATURE_VERSION
 from training import metrics, registry, report
 from training.dataset import FEATURES, Dataset, load, matrix
 from training.market import train_market
@@ -42,7 +41,7 @@ def default_range(settings: Settings, days: int) -> tuple[date, date]:
     if len(dates) < days + 1:
         raise ValueError(
             f"silver.transactions has {len(dates)} event dates, training needs {days} complete ones: generate "
-            f"history first, e.g. `python -m lakehouse.traffic generate --days {days + 1} --speedup 0`"
+            f"history first, e.g. `python -m tools.traffic generate --days {days + 1} --speedup 0`"
         )
     end = dates[-2]
     return end - timedelta(days=days - 1), end

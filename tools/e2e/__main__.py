@@ -1,4 +1,4 @@
-"""``make e2e`` / ``python -m lakehouse.e2e``: the end-to-end acceptance run; exit 1 on a broken invariant.
+"""``make e2e`` / ``python -m tools.e2e``: the end-to-end acceptance run; exit 1 on a broken invariant.
 
 Prints a one-page summary and writes it, with every figure, to ``<root>/summary.json``.
 """
@@ -12,8 +12,8 @@ from datetime import datetime
 from pathlib import Path
 
 from lakehouse.config import get_settings
-from lakehouse.e2e.processes import RunError
-from lakehouse.e2e.run import Options, execute
+from tools.e2e.processes import RunError
+from tools.e2e.run import Options, execute
 
 
 def summary_page(run, checks, figures: dict) -> str:
@@ -64,7 +64,7 @@ def summary_page(run, checks, figures: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     o = Options()
-    parser = argparse.ArgumentParser(prog="python -m lakehouse.e2e", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.e2e", description=__doc__.splitlines()[0])
     parser.add_argument("--transactions", type=int, default=o.transactions, help="transactions in all (about)")
     parser.add_argument("--history-days", type=float, default=o.history_days, help="days the models learn from (≥ 2)")
     parser.add_argument("--scored-days", type=float, default=o.scored_days, help="days of traffic scored after")

@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 
 from lakehouse.config import Settings
 from lakehouse.contracts import KEY_FIELDS, TIME_FIELDS, encode
-from lakehouse.traffic.__main__ import merge
-from lakehouse.traffic.generator import SCENARIOS, GeneratorConfig, TrafficGenerator, cycle
-from lakehouse.traffic.market import MarketConfig, MarketGenerator
-from lakehouse.traffic.producer import topic_for
+from lakehouse.eventlog.producer import topic_for
+from tools.traffic.__main__ import merge
+from tools.traffic.generator import SCENARIOS, GeneratorConfig, TrafficGenerator, cycle
+from tools.traffic.market import MarketConfig, MarketGenerator
 
 DAY_MS = 86_400_000
 MARKET_RATE = 0.002  # ticks per second per symbol: a few thousand over two days

@@ -16,8 +16,8 @@ from pathlib import Path
 import httpx
 
 from lakehouse.config import Settings
-from lakehouse.stack.process import ProcessManager
-from lakehouse.stack.services import stack_services
+from tools.stack.process import ProcessManager
+from tools.stack.services import stack_services
 
 # A streaming Python data source's planner is a Python process Spark gives a hard-coded 10 s to connect back; on a
 # starved CPU it may not, and the pipeline gives up after its own restarts: then the run restarts it.

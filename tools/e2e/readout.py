@@ -9,8 +9,8 @@ import numpy as np
 
 from lakehouse import delta
 from lakehouse.config import Settings
-from lakehouse.e2e.invariants import FLAGGED
-from lakehouse.traffic.producer import TOPIC_OF_KIND
+from lakehouse.eventlog.producer import TOPIC_OF_KIND
+from tools.e2e.invariants import FLAGGED
 
 TABLES = [
     ("bronze", "transactions"),

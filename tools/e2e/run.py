@@ -25,13 +25,13 @@ import httpx
 from lakehouse import delta, eventlog
 from lakehouse.config import ISOLATED_TOPICS, Settings, isolated
 from lakehouse.contracts import schema
-from lakehouse.e2e import inputs
-from lakehouse.e2e import invariants as inv
-from lakehouse.e2e.processes import Api, Outage, Pipeline, RunError, wait_until
-from lakehouse.e2e.readout import figures, read_all
-from lakehouse.stack.__main__ import up
-from lakehouse.stack.process import free_port
-from lakehouse.traffic.producer import send, topic_for
+from lakehouse.eventlog.producer import send, topic_for
+from tools.e2e import inputs
+from tools.e2e import invariants as inv
+from tools.e2e.processes import Api, Outage, Pipeline, RunError, wait_until
+from tools.e2e.readout import figures, read_all
+from tools.stack.__main__ import up
+from tools.stack.process import free_port
 
 TAG = "e2e"
 STEP_TIMEOUT_S = 900

@@ -1,4 +1,4 @@
-"""``python -m lakehouse.stack up|down|status``: the embedded stack of the current profile;
+"""``python -m tools.stack up|down|status``: the embedded stack of the current profile;
 ``cluster-up|cluster-down``: its Spark standalone cluster; ``cluster-run CMD...``: a command submitted to it."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ import time
 
 from lakehouse import eventlog
 from lakehouse.config import Settings, get_settings
-from lakehouse.stack.cluster import cluster_env, cluster_services
-from lakehouse.stack.postgres import ensure_database
-from lakehouse.stack.process import ProcessManager, ServiceError
-from lakehouse.stack.services import stack_services
+from tools.stack.cluster import cluster_env, cluster_services
+from tools.stack.postgres import ensure_database
+from tools.stack.process import ProcessManager, ServiceError
+from tools.stack.services import stack_services
 
 
 def start(settings: Settings, services: list) -> None:
@@ -53,11 +53,12 @@ def status(settings: Settings) -> bool:
         owner = f"pid {pid}" if pid else "external" if ok else "-"
         print(f"  {svc.name:<13} {'UP' if ok else 'DOWN':<5} {owner:<12} {svc.endpoint}")
     if all_up:
-        from serving.lake import CONSUMERS, consumer_lag
+        from lakehouse.streaming import consumer_lag
+        from lakehouse.topology import consumers
 
         log = eventlog.from_settings(settings)
         lags = consumer_lag(settings, log)
-        consumer = {getattr(settings.eventlog.topics, attr).name: query for query, attr in CONSUMERS.items()}
+        consumer = {topic: query for query, topic in consumers(settings).items()}
         for topic in settings.eventlog.topics.all():
             try:
                 ends = log.end_offsets(topic.name)
@@ -76,7 +77,7 @@ def status(settings: Settings) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m lakehouse.stack", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m tools.stack", description=__doc__)
     parser.add_argument("command", choices=["up", "down", "status", "cluster-up", "cluster-down", "cluster-run"])
     parser.add_argument("run", nargs=argparse.REMAINDER, help="cluster-run: the command to run against the cluster")
     args = parser.parse_args(argv)
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
             down(settings)
         elif args.command == "cluster-up":
             start(settings, cluster_services(settings))
-            print("  submit with: python -m lakehouse.stack cluster-run python -m lakehouse.pipeline")
+            print("  submit with: python -m tools.stack cluster-run python -m lakehouse.pipeline")
         elif args.command == "cluster-down":
             down(settings, cluster_services(settings))
         else:

@@ -13,7 +13,7 @@ from pathlib import Path
 from pyspark.find_spark_home import _find_spark_home
 
 from lakehouse.config import Settings
-from lakehouse.stack.process import Service
+from tools.stack.process import Service
 
 
 def spark_home() -> Path:

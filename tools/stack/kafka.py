@@ -13,7 +13,7 @@ import uuid
 from pathlib import Path
 
 from lakehouse.config import Settings
-from lakehouse.stack.process import Service, ServiceError
+from tools.stack.process import Service, ServiceError
 
 LOG4J2 = """\
 Configuration:

@@ -17,7 +17,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from lakehouse.config import Settings
-from lakehouse.stack.process import Service, ServiceError
+from tools.stack.process import Service, ServiceError
 
 
 def _bindir() -> Path:

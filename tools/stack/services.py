@@ -12,9 +12,9 @@ from urllib.parse import urlparse
 import redis
 
 from lakehouse.config import Settings
-from lakehouse.stack.kafka import kafka_service
-from lakehouse.stack.postgres import postgres_service
-from lakehouse.stack.process import Service, ServiceError
+from tools.stack.kafka import kafka_service
+from tools.stack.postgres import postgres_service
+from tools.stack.process import Service, ServiceError
 
 
 def _redis_ok(url: str) -> bool:

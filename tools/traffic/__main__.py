@@ -1,4 +1,4 @@
-"""``python -m lakehouse.traffic``: generate synthetic traffic, market ticks, or replay a file.
+"""``python -m tools.traffic``: generate synthetic traffic, market ticks, or replay a file.
 
   generate --rate N --duration S --fraud-rate F --seed K   live card traffic (event time = now)
   generate ... --start 2026-01-01 --days 14 --speedup 0     history, as fast as the log takes it
@@ -20,10 +20,10 @@ from datetime import UTC, datetime
 from lakehouse import eventlog
 from lakehouse.config import get_settings
 from lakehouse.contracts import TIME_FIELDS
-from lakehouse.traffic.generator import GeneratorConfig, TrafficGenerator
-from lakehouse.traffic.market import MarketConfig, MarketGenerator
-from lakehouse.traffic.producer import send
-from lakehouse.traffic.replay import Mapping, Replayer, ReplayError, read_table
+from lakehouse.eventlog.producer import send
+from tools.traffic.generator import GeneratorConfig, TrafficGenerator
+from tools.traffic.market import MarketConfig, MarketGenerator
+from tools.traffic.replay import Mapping, Replayer, ReplayError, read_table
 
 
 def _start_ms(text: str | None) -> int:
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = get_settings()
     tr = settings.traffic
     parser = argparse.ArgumentParser(
-        prog="python -m lakehouse.traffic",
+        prog="python -m tools.traffic",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

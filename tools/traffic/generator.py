@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from lakehouse.traffic.population import (
+from tools.traffic.population import (
     Customer,
     Merchant,
     Population,
