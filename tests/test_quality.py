@@ -555,7 +555,7 @@ def test_quality_report_without_tables_says_so_in_one_line(tmp_path):
         "LAKEHOUSE__STATE_DIR": str(tmp_path / "state"),
     }
     done = subprocess.run(
-        [sys.executable, "-m", "lakehouse.quality", "report", "--days", "3"],
+        [sys.executable, "-m", "gold.quality_report", "report", "--days", "3"],
         env=env,
         cwd=PROJECT_ROOT,
         capture_output=True,
